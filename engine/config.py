@@ -1,0 +1,99 @@
+"""Model shape (saved as config.json beside the weights) and engine settings."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the bidirectional transformer; enough to rebuild it from config.json alone."""
+
+    vocab_size: int = 8192
+    hidden_size: int = 256
+    num_layers: int = 6
+    num_heads: int = 4
+    num_kv_heads: int = 4
+    intermediate_size: int = 688
+    max_position: int = 4096
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    qkv_bias: bool = False
+    tie_embeddings: bool = True
+    # Dream-family checkpoints read the prediction for position i from the output at i-1.
+    logits_shift: int = 0
+    # Where the checkpoint came from: "codefill", "llada", "Dream", "open-dcoder".
+    family: str = "codefill"
+    # Special token strings; ids are resolved from the tokenizer (see engine/tokenizer.py).
+    mask_token: str = "<|mask|>"
+    end_token: str = "<|end|>"
+
+    @property
+    def head_dim(self) -> int:
+        """Width of one attention head."""
+        return self.hidden_size // self.num_heads
+
+    def validate(self) -> None:
+        """Raise ValueError when the shape is inconsistent."""
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads {self.num_heads} is not divisible by num_kv_heads {self.num_kv_heads}")
+        if self.logits_shift not in (0, 1):
+            raise ValueError(f"logits_shift must be 0 or 1, not {self.logits_shift}")
+        for name in ("vocab_size", "hidden_size", "num_layers", "num_heads", "intermediate_size"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for config.json."""
+        return {"model_type": "codefill", **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        """Build from a config.json dict; unknown keys are an error, so typos do not pass silently."""
+        data = dict(data)
+        data.pop("model_type", None)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys: {', '.join(unknown)}")
+        cfg = cls(**data)
+        cfg.validate()
+        return cfg
+
+    def save(self, path: Path) -> None:
+        """Write config.json."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    def num_parameters(self) -> int:
+        """Parameter count implied by the shape."""
+        h, i, v = self.hidden_size, self.intermediate_size, self.vocab_size
+        kv = self.num_kv_heads * self.head_dim
+        attn = h * h * 2 + h * kv * 2 + (h + 2 * kv if self.qkv_bias else 0)
+        layer = attn + 3 * h * i + 2 * h
+        emb = v * h * (1 if self.tie_embeddings else 2)
+        return self.num_layers * layer + emb + h
+
+
+@dataclass
+class EngineConfig:
+    """How the engine runs a model: device, precision, decoding defaults."""
+
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1"...
+    dtype: str = "auto"  # "auto", "float32", "bfloat16"
+    window: int = 256  # tokens in the window: prefix + span + suffix
+    max_span: int = 128
+    steps: int = 0  # 0: choose from the span length (see sampler.default_steps)
+    order: str = "confidence"  # confidence, margin, entropy
+    threshold: float = 0.0  # > 0: commit every masked position above this confidence (at least one per step)
+    temperature: float = 0.0
+    end_penalty: float = 0.0  # subtracted from the end token's logit
+    cache: bool = True  # reuse the context's keys and values between refreshes
+    refresh_every: int = 4  # recompute the whole window every N steps
+    compile: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)

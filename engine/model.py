@@ -1,0 +1,198 @@
+"""The bidirectional transformer: token ids -> logits, nothing else.
+
+A LLaMA/Qwen2-style block (RMSNorm, rotary positions, SwiGLU, grouped-query attention, optional qkv bias,
+optional tied embeddings) with no causal mask. Positions are given per token, so padding can sit anywhere in a
+batch (rotary attention only sees position differences). A KVCache keeps every layer's keys and values so a later
+call can recompute only a block of positions (the masked span) against the cached context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from engine.config import ModelConfig
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm computed in float32."""
+
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        dtype = x.dtype
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x32.to(dtype)
+
+
+def rotate_half(x: Tensor) -> Tensor:
+    """(x1, x2) -> (-x2, x1) on the last dimension's halves."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+@dataclass
+class KVCache:
+    """Keys and values of every layer for a whole window: each [B, kv_heads, T, head_dim]."""
+
+    keys: list[Tensor]
+    values: list[Tensor]
+
+
+class Attention(nn.Module):
+    """Grouped-query self-attention without a causal mask."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.num_heads = cfg.num_heads
+        self.num_kv_heads = cfg.num_kv_heads
+        self.head_dim = cfg.head_dim
+        h, kv = cfg.hidden_size, cfg.num_kv_heads * cfg.head_dim
+        self.q_proj = nn.Linear(h, h, bias=cfg.qkv_bias)
+        self.k_proj = nn.Linear(h, kv, bias=cfg.qkv_bias)
+        self.v_proj = nn.Linear(h, kv, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(h, h, bias=False)
+
+    def forward(
+        self,
+        x: Tensor,  # [B, S, H]
+        cos: Tensor,  # [B, S, D]
+        sin: Tensor,  # [B, S, D]
+        attn_mask: Tensor | None,  # [B, 1, 1, T] bool, True = may attend
+        cache: tuple[Tensor, Tensor] | None,  # keys, values [B, kv, T, D] of the whole window
+        start: int,  # position of x's first row inside the window (block mode)
+        fill_cache: bool,
+    ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+        b, s, _ = x.shape
+        q = self.q_proj(x).view(b, s, self.num_heads, self.head_dim).transpose(1, 2)  # [B, h, S, D]
+        k = self.k_proj(x).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, kv, S, D]
+        v = self.v_proj(x).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, kv, S, D]
+        cos_, sin_ = cos.unsqueeze(1).to(q.dtype), sin.unsqueeze(1).to(q.dtype)  # [B, 1, S, D]
+        q = q * cos_ + rotate_half(q) * sin_
+        k = k * cos_ + rotate_half(k) * sin_
+        new_cache = None
+        if cache is not None and not fill_cache:
+            keys, values = cache
+            keys[:, :, start : start + s] = k  # write the block's fresh keys into the window's cache
+            values[:, :, start : start + s] = v
+            k, v = keys, values  # [B, kv, T, D]
+        elif fill_cache:
+            new_cache = (k, v)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, enable_gqa=self.num_kv_heads != self.num_heads
+        )  # [B, h, S, D]
+        out = out.transpose(1, 2).reshape(b, s, self.num_heads * self.head_dim)
+        return self.o_proj(out), new_cache
+
+
+class MLP(nn.Module):
+    """SwiGLU feed-forward."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class Block(nn.Module):
+    """Pre-norm attention and MLP with residuals."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.input_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.post_attn_norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, attn_mask, cache, start, fill_cache):  # type: ignore[no-untyped-def]
+        a, new_cache = self.attn(self.input_norm(x), cos, sin, attn_mask, cache, start, fill_cache)
+        x = x + a
+        x = x + self.mlp(self.post_attn_norm(x))
+        return x, new_cache
+
+
+class DiffusionLM(nn.Module):
+    """Bidirectional transformer for masked diffusion: ids [B, T] -> logits [B, T, V]."""
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        cfg.validate()
+        self.cfg = cfg
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight
+        inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def init_weights(self, seed: int = 0) -> None:
+        """Small normal init (std 0.02), scaled down on residual outputs."""
+        g = torch.Generator().manual_seed(seed)
+        for name, p in self.named_parameters():
+            if p.dim() == 1:
+                if name.endswith("weight"):
+                    nn.init.ones_(p)
+                else:
+                    nn.init.zeros_(p)
+                continue
+            std = 0.02
+            if name.endswith("o_proj.weight") or name.endswith("down_proj.weight"):
+                std = 0.02 / (2 * self.cfg.num_layers) ** 0.5
+            with torch.no_grad():
+                p.copy_(torch.randn(p.shape, generator=g) * std)
+
+    def rotary(self, positions: Tensor) -> tuple[Tensor, Tensor]:
+        """cos, sin for the given positions [B, S] -> each [B, S, head_dim], float32."""
+        freqs = positions.to(torch.float32).unsqueeze(-1) * self.inv_freq  # [B, S, D/2]
+        emb = torch.cat((freqs, freqs), dim=-1)  # [B, S, D]
+        return emb.cos(), emb.sin()
+
+    def forward(
+        self,
+        ids: Tensor,  # [B, S]
+        positions: Tensor | None = None,  # [B, S]; default 0..S-1
+        key_mask: Tensor | None = None,  # [B, T] bool: which window positions are real tokens
+        cache: KVCache | None = None,
+        start: int = 0,
+        fill_cache: bool = False,
+    ) -> tuple[Tensor, KVCache | None]:
+        """Logits [B, S, V] for ids.
+
+        Whole-window mode (cache None or fill_cache): ids is the window; with fill_cache the keys and values of
+        every layer are returned as a new KVCache. Block mode (cache given, fill_cache False): ids are the window
+        positions start..start+S, their keys and values are written into the cache, and attention reads the whole
+        cached window.
+        """
+        b, s = ids.shape
+        if positions is None:
+            positions = torch.arange(start, start + s, device=ids.device).expand(b, s)
+        cos, sin = self.rotary(positions)
+        attn_mask = None
+        if key_mask is not None:
+            attn_mask = key_mask[:, None, None, :]  # [B, 1, 1, T]
+        x = self.embed_tokens(ids)  # [B, S, H]
+        keys: list[Tensor] = []
+        values: list[Tensor] = []
+        for i, layer in enumerate(self.layers):
+            layer_cache = None
+            if cache is not None and not fill_cache:
+                layer_cache = (cache.keys[i], cache.values[i])
+            x, new = layer(x, cos, sin, attn_mask, layer_cache, start, fill_cache)
+            if new is not None:
+                keys.append(new[0])
+                values.append(new[1])
+        logits = self.lm_head(self.norm(x))  # [B, S, V]
+        return logits, (KVCache(keys, values) if fill_cache else None)

@@ -1,0 +1,99 @@
+"""Encode and decode with a `tokenizers` tokenizer.json; every special token id is named here and only here."""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from tokenizers import Tokenizer
+
+# The built-in model's special tokens.
+END_TOKEN = "<|end|>"  # ends a fill; also pads the span and the window
+MASK_TOKEN = "<|mask|>"  # a position still to be denoised
+SPECIAL_TOKENS = [END_TOKEN, MASK_TOKEN]
+
+# Special tokens of external families, by the config's family (see engine/checkpoint.py).
+# LLaDA: mask <|mdm_mask|> (126336), end <|eot_id|> (126348) / <|endoftext|> (126081).
+# Dream family: mask <|mask|> (151666), end <|endoftext|> (151643).
+# Open-dCoder: mask <M>, end <|endoftext|>.
+FAMILY_TOKENS: dict[str, dict[str, list[str]]] = {
+    "codefill": {"mask": [MASK_TOKEN], "end": [END_TOKEN]},
+    "llada": {"mask": ["<|mdm_mask|>"], "end": ["<|endoftext|>", "<|eot_id|>"]},
+    "Dream": {"mask": ["<|mask|>"], "end": ["<|endoftext|>", "<|im_end|>"]},
+    "open-dcoder": {"mask": ["<M>"], "end": ["<|endoftext|>", "<|im_end|>"]},
+}
+
+
+class TokenizerError(ValueError):
+    """The tokenizer file is missing, unreadable or lacks a required special token."""
+
+
+class CodeTokenizer:
+    """A byte-level BPE tokenizer plus the ids the engine needs: mask, end (and pad = end)."""
+
+    def __init__(self, tok: Tokenizer, mask_token: str = MASK_TOKEN, end_tokens: list[str] | None = None) -> None:
+        self.tok = tok
+        mask_id = tok.token_to_id(mask_token)
+        if mask_id is None:
+            raise TokenizerError(f"tokenizer has no mask token {mask_token!r}")
+        self.mask_id: int = mask_id
+        ends = [tok.token_to_id(t) for t in (end_tokens or [END_TOKEN])]
+        ends = [i for i in ends if i is not None]
+        if not ends:
+            raise TokenizerError(f"tokenizer has none of the end tokens {end_tokens or [END_TOKEN]!r}")
+        self.end_id: int = ends[0]
+        self.end_ids: frozenset[int] = frozenset(ends)
+        self.pad_id: int = self.end_id
+
+    @classmethod
+    def from_file(cls, path: str | Path, family: str = "codefill", mask_token: str | None = None) -> "CodeTokenizer":
+        """Load tokenizer.json; raise TokenizerError naming the file when it cannot be used."""
+        path = Path(path)
+        if not path.is_file():
+            raise TokenizerError(f"{path}: tokenizer file not found")
+        try:
+            tok = Tokenizer.from_file(str(path))
+        except Exception as exc:  # the tokenizers library raises plain Exceptions
+            raise TokenizerError(f"{path}: not a valid tokenizer.json ({exc})") from None
+        names = FAMILY_TOKENS.get(family, FAMILY_TOKENS["codefill"])
+        mask = mask_token or next((t for t in names["mask"] if tok.token_to_id(t) is not None), names["mask"][0])
+        try:
+            return cls(tok, mask, names["end"])
+        except TokenizerError as exc:
+            raise TokenizerError(f"{path}: {exc}") from None
+
+    @property
+    def vocab_size(self) -> int:
+        """Number of ids, special tokens included."""
+        return self.tok.get_vocab_size()
+
+    def encode(self, text: str) -> list[int]:
+        """Text -> ids, without special tokens."""
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        """Text -> ids and each id's (start, end) character offsets."""
+        enc = self.tok.encode(text, add_special_tokens=False)
+        return enc.ids, enc.offsets
+
+    def decode(self, ids: list[int]) -> str:
+        """Ids -> text; special tokens are dropped."""
+        return self.tok.decode([i for i in ids if i not in self.special_ids], skip_special_tokens=False)
+
+    @cached_property
+    def special_ids(self) -> frozenset[int]:
+        """Ids that never appear in decoded text."""
+        return frozenset({self.mask_id, *self.end_ids})
+
+    @cached_property
+    def piece_texts(self) -> list[str]:
+        """The decoded text of every id on its own (special tokens decode to '')."""
+        out = []
+        for i in range(self.vocab_size):
+            out.append("" if i in self.special_ids else self.tok.decode([i], skip_special_tokens=False))
+        return out
+
+    @cached_property
+    def newline_ids(self) -> frozenset[int]:
+        """Ids whose text contains a line break."""
+        return frozenset(i for i, t in enumerate(self.piece_texts) if "\n" in t or "\r" in t)

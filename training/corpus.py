@@ -1,0 +1,133 @@
+"""Training corpus: source files from directories and wheels, filtered, de-duplicated, split by file."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sys
+import sysconfig
+import zipfile
+from dataclasses import dataclass, field
+from email.parser import HeaderParser
+from pathlib import Path
+
+# Never train on the public benchmarks.
+BENCHMARK_MARKERS = ("human-eval-infilling", "HumanEval", "safim")
+SKIP_DIRS = {"test", "tests", "testing", "idlelib", "lib2to3", "__pycache__", "site-packages", "dist-packages",
+             "turtledemo", "ensurepip", "_vendor", "vendor", "node_modules", ".git"}
+PERMISSIVE = re.compile(r"\b(MIT|BSD|Apache|PSF|Python Software Foundation|ISC|Zlib|Unlicense|Public Domain|HPND)",
+                        re.IGNORECASE)
+NOT_PERMISSIVE = re.compile(r"\b(GPL|LGPL|AGPL|MPL|Mozilla|EUPL|CDDL)", re.IGNORECASE)
+MAX_FILE_BYTES = 400_000
+
+
+@dataclass
+class Corpus:
+    """The files of a corpus, split by file, with where they came from."""
+
+    train: list[str] = field(default_factory=list)
+    valid: list[str] = field(default_factory=list)
+    sources: list[dict[str, str]] = field(default_factory=list)  # name, license, files
+
+    def save(self, out: Path) -> None:
+        """Write train.jsonl, valid.jsonl and sources.json under out."""
+        out.mkdir(parents=True, exist_ok=True)
+        for split in ("train", "valid"):
+            with open(out / f"{split}.jsonl", "w") as f:
+                for text in getattr(self, split):
+                    f.write(json.dumps({"text": text}) + "\n")
+        (out / "sources.json").write_text(json.dumps(self.sources, indent=1) + "\n")
+
+    @classmethod
+    def load(cls, out: Path) -> "Corpus":
+        """Read what save wrote."""
+        c = cls()
+        for split in ("train", "valid"):
+            with open(out / f"{split}.jsonl") as f:
+                setattr(c, split, [json.loads(line)["text"] for line in f])
+        c.sources = json.loads((out / "sources.json").read_text())
+        return c
+
+
+def wheel_license(zf: zipfile.ZipFile) -> tuple[str, str]:
+    """(project name, license text) from a wheel's METADATA."""
+    meta = next((n for n in zf.namelist() if n.endswith(".dist-info/METADATA")), None)
+    if meta is None:
+        return "", ""
+    msg = HeaderParser().parsestr(zf.read(meta).decode("utf-8", "replace"))
+    lic = msg.get("License-Expression") or msg.get("License") or ""
+    classifiers = [c for c in msg.get_all("Classifier") or [] if c.startswith("License ::")]
+    if len(lic) > 80 or not lic.strip():
+        lic = "; ".join(c.split("::")[-1].strip() for c in classifiers) or lic[:80]
+    return msg.get("Name", ""), lic.strip()
+
+
+def keep_path(rel: str, suffixes: tuple[str, ...]) -> bool:
+    """Whether a file inside a source tree belongs in the corpus."""
+    parts = Path(rel).parts
+    if not rel.endswith(suffixes) or any(p in SKIP_DIRS for p in parts[:-1]):
+        return False
+    name = parts[-1]
+    if name.startswith("test_") or name.endswith("_test.py") or name == "conftest.py":
+        return False
+    return not any(m in rel for m in BENCHMARK_MARKERS)
+
+
+def good_text(text: str) -> bool:
+    """Skip generated or data-like files: very long lines, or mostly non-code."""
+    if not text.strip():
+        return False
+    lines = text.splitlines()
+    if max(map(len, lines), default=0) > 1000:
+        return False
+    alnum = sum(ch.isalnum() for ch in text)
+    return alnum / max(len(text), 1) > 0.25
+
+
+def gather(roots: list[Path], suffixes: tuple[str, ...] = (".py",)) -> Corpus:
+    """Collect files from directories and .whl files, de-duplicate by normalized content, split 1% by file."""
+    seen: set[str] = set()
+    corpus = Corpus()
+
+    def add(text: str) -> bool:
+        norm = re.sub(r"\s+", " ", text).strip()
+        digest = hashlib.sha1(norm.encode()).hexdigest()
+        if digest in seen or not good_text(text):
+            return False
+        seen.add(digest)
+        # The split is decided by the file's own hash: stable across runs and machines.
+        (corpus.valid if int(digest[:4], 16) % 100 == 0 else corpus.train).append(text)
+        return True
+
+    for root in roots:
+        if any(m in str(root) for m in BENCHMARK_MARKERS):
+            raise ValueError(f"{root}: refusing to train on a benchmark")
+        if root.suffix == ".whl":
+            with zipfile.ZipFile(root) as zf:
+                name, lic = wheel_license(zf)
+                if NOT_PERMISSIVE.search(lic) or not PERMISSIVE.search(lic):
+                    print(f"skip {root.name}: license {lic!r} is not known to be permissive", file=sys.stderr)
+                    continue
+                n = 0
+                for member in zf.namelist():
+                    if keep_path(member, suffixes) and zf.getinfo(member).file_size <= MAX_FILE_BYTES:
+                        n += add(zf.read(member).decode("utf-8", "replace"))
+                corpus.sources.append({"name": name, "license": lic, "files": str(n)})
+            continue
+        n = 0
+        for path in sorted(root.rglob("*")):
+            rel = str(path.relative_to(root))
+            if path.is_file() and keep_path(rel, suffixes) and path.stat().st_size <= MAX_FILE_BYTES:
+                n += add(path.read_text("utf-8", errors="replace"))
+        label = "Python standard library" if root == Path(sysconfig.get_paths()["stdlib"]) else root.name
+        corpus.sources.append({"name": label, "license": "PSF" if "standard" in label else "see source", "files": str(n)})
+    return corpus
+
+
+def default_roots(wheel_dir: Path | None) -> list[Path]:
+    """The default recipe: the standard library plus every wheel in wheel_dir."""
+    roots = [Path(sysconfig.get_paths()["stdlib"])]
+    if wheel_dir and wheel_dir.is_dir():
+        roots += sorted(wheel_dir.glob("*.whl"))
+    return roots

@@ -1,0 +1,98 @@
+"""Tokenized corpus as flat arrays, with the token ranges of syntax nodes found by tree-sitter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from engine.tokenizer import CodeTokenizer
+
+# Python node kinds whose text makes a good hole: statements, blocks, calls, argument lists, expressions.
+PY_SPAN_QUERY = """
+[
+  (expression_statement) (return_statement) (if_statement) (for_statement) (while_statement)
+  (try_statement) (with_statement) (raise_statement) (assert_statement) (import_statement)
+  (import_from_statement) (function_definition) (class_definition) (block) (call) (argument_list)
+  (parameters) (comparison_operator) (boolean_operator) (binary_operator) (list_comprehension)
+  (dictionary) (list) (subscript) (attribute) (lambda) (conditional_expression) (elif_clause)
+  (else_clause) (except_clause) (assignment) (augmented_assignment) (generator_expression)
+] @span
+"""
+MAX_SPAN_TOKENS = 96
+
+
+@dataclass
+class TokenArrays:
+    """All documents of one split: tokens, document starts, and syntax spans as global token ranges."""
+
+    tokens: np.ndarray  # [N] uint16/int32
+    doc_starts: np.ndarray  # [D+1] int64
+    spans: np.ndarray  # [M, 2] int64, global [start, end)
+
+    def save(self, path: Path) -> None:
+        """Write one .npz."""
+        np.savez(path, tokens=self.tokens, doc_starts=self.doc_starts, spans=self.spans)
+
+    @classmethod
+    def load(cls, path: Path) -> "TokenArrays":
+        """Read what save wrote."""
+        z = np.load(path)
+        return cls(z["tokens"], z["doc_starts"], z["spans"])
+
+
+def _python_parser():  # type: ignore[no-untyped-def]
+    import tree_sitter_python
+    from tree_sitter import Language, Parser, Query, QueryCursor
+
+    lang = Language(tree_sitter_python.language())
+    return Parser(lang), QueryCursor(Query(lang, PY_SPAN_QUERY))
+
+
+def syntax_spans(text: str, offsets: list[tuple[int, int]], parser, cursor) -> list[tuple[int, int]]:  # type: ignore[no-untyped-def]
+    """Token ranges [i, j) covering syntax nodes of at most MAX_SPAN_TOKENS tokens."""
+    data = text.encode("utf-8")
+    tree = parser.parse(data)
+    if text.isascii():
+        to_char = None
+    else:  # byte offset -> character offset
+        lens = np.fromiter((len(c.encode("utf-8")) for c in text), dtype=np.int64, count=len(text))
+        byte_starts = np.concatenate([[0], np.cumsum(lens)])
+        to_char = byte_starts
+    starts = np.array([o[0] for o in offsets], dtype=np.int64)
+    ends = np.array([o[1] for o in offsets], dtype=np.int64)
+    out = []
+    for node in cursor.captures(tree.root_node).get("span", []):
+        a, b = node.start_byte, node.end_byte
+        if to_char is not None:
+            a, b = int(np.searchsorted(to_char, a)), int(np.searchsorted(to_char, b))
+        i = int(np.searchsorted(ends, a, side="right"))  # first token ending after the node starts
+        j = int(np.searchsorted(starts, b, side="left"))  # first token starting at or after the node ends
+        if 0 < j - i <= MAX_SPAN_TOKENS:
+            out.append((i, j))
+    return out
+
+
+def tokenize_split(texts: list[str], tok: CodeTokenizer) -> TokenArrays:
+    """Encode every document (with an end token after each) and find its syntax spans."""
+    parser, cursor = _python_parser()
+    all_ids: list[np.ndarray] = []
+    spans: list[tuple[int, int]] = []
+    doc_starts = [0]
+    batch = 256
+    for k in range(0, len(texts), batch):
+        chunk = texts[k : k + batch]
+        encs = tok.tok.encode_batch(chunk, add_special_tokens=False)
+        for text, enc in zip(chunk, encs):
+            base = doc_starts[-1]
+            spans.extend((base + i, base + j) for i, j in syntax_spans(text, enc.offsets, parser, cursor))
+            ids = np.asarray(enc.ids + [tok.end_id], dtype=np.int32)
+            all_ids.append(ids)
+            doc_starts.append(base + len(ids))
+    dtype = np.uint16 if tok.vocab_size < 65536 else np.int32
+    return TokenArrays(
+        tokens=np.concatenate(all_ids).astype(dtype),
+        doc_starts=np.asarray(doc_starts, dtype=np.int64),
+        spans=np.asarray(spans, dtype=np.int64).reshape(-1, 2),
+    )
