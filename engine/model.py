@@ -168,11 +168,13 @@ class DiffusionLM(nn.Module):
         cache: KVCache | None = None,
         start: int = 0,
         fill_cache: bool = False,
+        hidden_only: bool = False,
     ) -> tuple[Tensor, KVCache | None]:
         """Logits [B, S, V] for ids.
 
         Whole-window mode (cache None or fill_cache): ids is the window; with fill_cache the keys and values of
-        every layer are returned as a new KVCache. Block mode (cache given, fill_cache False): ids are the window
+        every layer are returned as a new KVCache. With hidden_only the final normed hidden states [B, S, H] are
+        returned instead of logits (apply lm_head to the rows that matter). Block mode (cache given, fill_cache False): ids are the window
         positions start..start+S, their keys and values are written into the cache, and attention reads the whole
         cached window.
         """
@@ -194,5 +196,6 @@ class DiffusionLM(nn.Module):
             if new is not None:
                 keys.append(new[0])
                 values.append(new[1])
-        logits = self.lm_head(self.norm(x))  # [B, S, V]
-        return logits, (KVCache(keys, values) if fill_cache else None)
+        x = self.norm(x)  # [B, S, H]
+        out = x if hidden_only else self.lm_head(x)  # [B, S, V]
+        return out, (KVCache(keys, values) if fill_cache else None)
