@@ -1,0 +1,447 @@
+"""Load and save a model directory: config.json + safetensors weights + tokenizer.json.
+
+A directory holds `config.json`, the weights as `model.safetensors` or as shards listed in
+`model.safetensors.index.json`, and `tokenizer.json`. Our own format (model_type "codefill") stores ModelConfig as
+config.json and our parameter names; external families (LLaDA, the Dream family, Open-dCoder) are recognised from
+their config.json and mapped onto the same DiffusionLM (see engine/external.py).
+
+Loading never unpickles anything: only safetensors files are read, their headers are checked against the file
+size before any tensor is touched, and the model is built on the meta device so that each weight is materialised
+once, straight from the memory-mapped file (safetensors' safe_open) into the parameter that owns it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from tokenizers import Tokenizer
+
+from engine import external
+from engine.config import ModelConfig
+from engine.errors import CheckpointError
+from engine.model import DiffusionLM
+from engine.tokenizer import FAMILY_TOKENS, CodeTokenizer, TokenizerError
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+TOKENIZER_FILE = "tokenizer.json"
+
+# Weight files we refuse to open: pickle-based formats can run code when loaded.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+
+# safetensors dtype codes -> torch dtypes we accept as weights, and their sizes in bytes.
+_FLOAT_DTYPES: dict[str, tuple[torch.dtype, int]] = {
+    "F64": (torch.float64, 8),
+    "F32": (torch.float32, 4),
+    "F16": (torch.float16, 2),
+    "BF16": (torch.bfloat16, 2),
+}
+_OTHER_DTYPE_SIZES = {"I64": 8, "U64": 8, "I32": 4, "U32": 4, "I16": 2, "U16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+_MAX_HEADER = 100 * 1024 * 1024  # the safetensors library's own limit
+
+
+@dataclass(frozen=True)
+class TensorEntry:
+    """Where one tensor lives: its file, dtype code and shape, from the safetensors header."""
+
+    file: Path
+    dtype: str
+    shape: tuple[int, ...]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading a directory
+
+
+def _refuse_pickle(path: Path) -> None:
+    raise CheckpointError(
+        f"{path}: a pickle-based weight file; codefill only loads safetensors (model.safetensors or shards listed "
+        f"in {INDEX_FILE}) and never unpickles weights. Convert it to safetensors first."
+    )
+
+
+def _check_directory(path: str | os.PathLike[str]) -> Path:
+    root = Path(path).expanduser()
+    if root.is_file():
+        if root.name.lower().endswith(PICKLE_SUFFIXES):
+            _refuse_pickle(root)
+        raise CheckpointError(f"{root}: expected a model directory (config.json, weights, tokenizer.json), not a file")
+    if not root.is_dir():
+        raise CheckpointError(f"{root}: model directory not found")
+    return root
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing {what}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise CheckpointError(f"{path}: {what} is not UTF-8 text ({exc.reason})") from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: invalid JSON in {what} (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: {what} must be a JSON object, not {type(data).__name__}")
+    return data
+
+
+def read_safetensors_header(path: Path) -> dict[str, TensorEntry]:
+    """Parse and check one safetensors header against the file size; no tensor data is read.
+
+    Raises CheckpointError naming the file when it is truncated or malformed.
+    """
+    if path.name.lower().endswith(PICKLE_SUFFIXES):
+        _refuse_pickle(path)
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{path}: truncated safetensors file ({size} bytes, shorter than its 8-byte header length)")
+            n = int.from_bytes(head, "little")
+            if n > size - 8:
+                raise CheckpointError(
+                    f"{path}: truncated or not a safetensors file: header length {n} is bigger than the file "
+                    f"({size} bytes)"
+                )
+            if n > _MAX_HEADER:
+                raise CheckpointError(f"{path}: safetensors header length {n} is over the {_MAX_HEADER}-byte limit")
+            raw = fh.read(n)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read weights ({exc.strerror or exc})") from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise CheckpointError(f"{path}: not a safetensors file (its header is not valid JSON)") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: not a safetensors file (its header is not a JSON object)")
+    data_size = size - 8 - n
+    entries: dict[str, TensorEntry] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(info, dict):
+            raise CheckpointError(f"{path}: malformed header entry for tensor {name!r}")
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if not (isinstance(shape, list) and all(isinstance(s, int) and s >= 0 for s in shape)):
+            raise CheckpointError(f"{path}: tensor {name!r} has a malformed shape {shape!r}")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(isinstance(o, int) for o in offsets)):
+            raise CheckpointError(f"{path}: tensor {name!r} has malformed data_offsets {offsets!r}")
+        if dtype in _FLOAT_DTYPES:
+            itemsize = _FLOAT_DTYPES[dtype][1]
+        elif dtype in _OTHER_DTYPE_SIZES:
+            itemsize = _OTHER_DTYPE_SIZES[dtype]
+        else:
+            raise CheckpointError(f"{path}: tensor {name!r} has dtype {dtype!r}, which codefill cannot load")
+        begin, end = offsets
+        numel = 1
+        for s in shape:
+            numel *= s
+        if not 0 <= begin <= end or end - begin != numel * itemsize:
+            raise CheckpointError(
+                f"{path}: tensor {name!r} data_offsets {offsets} do not match its shape {tuple(shape)} and dtype {dtype}"
+            )
+        if end > data_size:
+            raise CheckpointError(
+                f"{path}: truncated safetensors file: tensor {name!r} ends at data byte {end} but the file holds "
+                f"only {data_size} bytes of data"
+            )
+        entries[name] = TensorEntry(path, dtype, tuple(shape))
+    return entries
+
+
+def _weight_files(root: Path) -> dict[str, TensorEntry]:
+    """Every tensor of the directory, from model.safetensors or the shard index; headers checked."""
+    single = root / WEIGHTS_FILE
+    index = root / INDEX_FILE
+    if single.is_file():
+        return read_safetensors_header(single)
+    if index.is_file():
+        data = _read_json(index, "shard index")
+        weight_map = data.get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(f"{index}: shard index has no weight_map object")
+        shards: dict[str, dict[str, TensorEntry]] = {}
+        entries: dict[str, TensorEntry] = {}
+        for name, shard in weight_map.items():
+            if not isinstance(shard, str) or not shard:
+                raise CheckpointError(f"{index}: tensor {name!r} maps to {shard!r}, not a shard file name")
+            rel = Path(shard)
+            if rel.is_absolute() or ".." in rel.parts:
+                raise CheckpointError(f"{index}: shard {shard!r} is outside the model directory")
+            shard_path = root / rel
+            if shard.lower().endswith(PICKLE_SUFFIXES):
+                _refuse_pickle(shard_path)
+            if not shard.endswith(".safetensors"):
+                raise CheckpointError(f"{index}: shard {shard!r} is not a .safetensors file")
+            if shard not in shards:
+                if not shard_path.is_file():
+                    raise CheckpointError(f"{index}: points at shard {shard!r}, which is missing ({shard_path})")
+                shards[shard] = read_safetensors_header(shard_path)
+            if name not in shards[shard]:
+                raise CheckpointError(f"{shard_path}: missing tensor {name!r}, which {INDEX_FILE} places in this shard")
+            entries[name] = shards[shard][name]
+        for shard, held in shards.items():
+            for name in held:
+                if name not in entries:
+                    raise CheckpointError(f"{root / shard}: unexpected tensor {name!r}, not listed in {INDEX_FILE}")
+        return entries
+    pickles = sorted(p.name for p in root.iterdir() if p.name.lower().endswith(PICKLE_SUFFIXES))
+    if pickles:
+        _refuse_pickle(root / pickles[0])
+    raise CheckpointError(f"{root}: missing weights: no {WEIGHTS_FILE} and no {INDEX_FILE}")
+
+
+def _load_tokenizer_file(path: Path) -> Tokenizer:
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing tokenizer.json")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as exc:  # the tokenizers library raises plain Exceptions
+        raise CheckpointError(f"{path}: not a valid tokenizer.json ({exc})") from None
+
+
+def _detect_family(raw: dict[str, Any], tok: Tokenizer, config_path: Path, tok_path: Path) -> str:
+    model_type = raw.get("model_type")
+    family = external.family_of_model_type(model_type)
+    if family is None:
+        if model_type is None:
+            raise CheckpointError(f"{config_path}: no model_type; expected one of {', '.join(external.KNOWN_MODEL_TYPES)}")
+        raise CheckpointError(
+            f"{config_path}: unknown model_type {model_type!r}; codefill loads {', '.join(external.KNOWN_MODEL_TYPES)}"
+        )
+    if family == external.OPEN_DCODER and tok.token_to_id(external.OPEN_DCODER_MASK) is None:
+        raise CheckpointError(
+            f"{config_path}: model_type 'qwen2' is loaded only as Open-dCoder, whose {tok_path.name} has the "
+            f"{external.OPEN_DCODER_MASK} mask token; {tok_path} has none (a plain autoregressive Qwen2 cannot infill)"
+        )
+    return family
+
+
+def _model_config(raw: dict[str, Any], family: str, config_path: Path) -> ModelConfig:
+    if family == external.CODEFILL:
+        try:
+            return ModelConfig.from_dict(raw)
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{config_path}: {exc}") from None
+    return external.translate_config(raw, family, str(config_path))
+
+
+def _resolve_mask_token(raw: dict[str, Any], cfg: ModelConfig, tok: Tokenizer) -> str:
+    """The mask token string: the family's, unless config.json names a different mask_token_id."""
+    wanted = raw.get("mask_token_id") if cfg.family != external.CODEFILL else None
+    if isinstance(wanted, int) and not isinstance(wanted, bool):
+        for name in FAMILY_TOKENS.get(cfg.family, {}).get("mask", []):
+            if tok.token_to_id(name) == wanted:
+                return name
+        token = tok.id_to_token(wanted)
+        if token is not None:
+            return token
+    if cfg.family == external.CODEFILL:
+        return cfg.mask_token
+    names = FAMILY_TOKENS[cfg.family]["mask"]
+    return next((t for t in names if tok.token_to_id(t) is not None), names[0])
+
+
+def _code_tokenizer(raw: dict[str, Any], cfg: ModelConfig, tok: Tokenizer, tok_path: Path) -> CodeTokenizer:
+    mask = _resolve_mask_token(raw, cfg, tok)
+    if cfg.family == external.CODEFILL:
+        ends = [cfg.end_token]
+    else:
+        ends = list(FAMILY_TOKENS[cfg.family]["end"])
+    try:
+        code_tok = CodeTokenizer(tok, mask, ends)
+    except TokenizerError as exc:
+        raise CheckpointError(f"{tok_path}: {exc}") from None
+    for what, ident in (("mask", code_tok.mask_id), ("end", code_tok.end_id)):
+        if ident >= cfg.vocab_size:
+            raise CheckpointError(
+                f"{tok_path}: the {what} token id {ident} is outside the model's vocabulary of {cfg.vocab_size}"
+            )
+    cfg.mask_token = mask
+    cfg.end_token = code_tok.tok.id_to_token(code_tok.end_id) or cfg.end_token
+    return code_tok
+
+
+def _name_map(cfg: ModelConfig, expected: dict[str, torch.Size]) -> tuple[dict[str, str], dict[str, str]]:
+    """(checkpoint name -> our name for required tensors, ignorable name -> our name it has the shape of)."""
+    if cfg.family == external.CODEFILL:
+        names = {k: k for k in expected if not (cfg.tie_embeddings and k == "lm_head.weight")}
+        return names, {}
+    return external.tensor_name_map(cfg), external.ignorable_tensors(cfg)
+
+
+def _match(entries: dict[str, TensorEntry], names: dict[str, str], ignorable: dict[str, str],
+           expected: dict[str, torch.Size], root: Path) -> None:
+    """Check names and shapes from the headers alone, before any data is read."""
+    for name, entry in entries.items():
+        if name in names:
+            ours = names[name]
+        elif name in ignorable:
+            ours = ignorable[name]
+        elif external.is_ignorable_buffer(name):
+            continue
+        else:
+            raise CheckpointError(f"{entry.file}: unexpected tensor {name!r} (not part of a {_family_label(names)} model of this config)")
+        want = tuple(expected[ours])
+        if entry.shape != want:
+            raise CheckpointError(
+                f"{entry.file}: tensor {name!r} has shape {list(entry.shape)} but config.json implies {list(want)}"
+            )
+        if entry.dtype not in _FLOAT_DTYPES:
+            raise CheckpointError(
+                f"{entry.file}: tensor {name!r} has dtype {entry.dtype}; only float weights are loaded "
+                "(quantized checkpoints are not supported)"
+            )
+    missing = [name for name in names if name not in entries]
+    if missing:
+        where = sorted({str(e.file) for e in entries.values()}) or [str(root)]
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise CheckpointError(f"{', '.join(where)}: missing tensor {missing[0]!r}{more}")
+
+
+def _family_label(names: dict[str, str]) -> str:
+    first = next(iter(names), "")
+    if first.startswith("model.transformer."):
+        return "LLaDA"
+    if first.startswith("model."):
+        return "Qwen2/Dream"
+    return "codefill"
+
+
+def _target_dtype(entries: dict[str, TensorEntry], names: dict[str, str], dtype: torch.dtype | str | None) -> torch.dtype:
+    if dtype is not None:
+        if isinstance(dtype, str):
+            resolved = getattr(torch, dtype, None)
+            if not isinstance(resolved, torch.dtype):
+                raise CheckpointError(f"unknown dtype {dtype!r}")
+            dtype = resolved
+        if not dtype.is_floating_point:
+            raise CheckpointError(f"dtype must be a floating-point type, not {dtype}")
+        return dtype
+    # One dtype for the whole model (mixed dtypes would break the matmuls): the embedding's.
+    for name, ours in names.items():
+        if ours == "embed_tokens.weight" and name in entries:
+            return _FLOAT_DTYPES[entries[name].dtype][0]
+    return torch.float32
+
+
+def load_model(
+    path: str | os.PathLike[str], device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None
+) -> tuple[DiffusionLM, CodeTokenizer]:
+    """Load a model directory (ours or an external family) -> (DiffusionLM in eval mode, CodeTokenizer).
+
+    dtype None keeps the checkpoint's precision (the dtype of its embedding, applied to every tensor). Raises
+    CheckpointError, naming the file, for anything missing, malformed, truncated or inconsistent.
+    """
+    root = _check_directory(path)
+    config_path = root / CONFIG_FILE
+    raw = _read_json(config_path, "config.json")
+    tok_path = root / TOKENIZER_FILE
+    tok = _load_tokenizer_file(tok_path)
+    family = _detect_family(raw, tok, config_path, tok_path)
+    cfg = _model_config(raw, family, config_path)
+    entries = _weight_files(root)
+    code_tok = _code_tokenizer(raw, cfg, tok, tok_path)
+
+    with torch.device("meta"):
+        model = DiffusionLM(cfg)
+    expected = {k: v.shape for k, v in model.state_dict().items()}
+    names, ignorable = _name_map(cfg, expected)
+    _match(entries, names, ignorable, expected, root)
+    target = _target_dtype(entries, names, dtype)
+    dev = torch.device(device)
+
+    state: dict[str, torch.Tensor] = {}
+    by_file: dict[Path, list[str]] = {}
+    for name in names:
+        by_file.setdefault(entries[name].file, []).append(name)
+    for file, file_names in by_file.items():
+        try:
+            # safe_open memory-maps the file; each tensor is copied once, onto the target device.
+            with safe_open(str(file), framework="pt", device=str(dev) if dev.type != "cpu" else "cpu") as fh:
+                for name in file_names:
+                    state[names[name]] = fh.get_tensor(name).to(target)
+        except CheckpointError:
+            raise
+        except Exception as exc:  # safetensors raises its own error types
+            raise CheckpointError(f"{file}: cannot read weights ({exc})") from None
+
+    model.load_state_dict(state, strict=False, assign=True)
+    if cfg.tie_embeddings:
+        model.lm_head.weight = model.embed_tokens.weight
+    # The rotary frequencies are a non-persistent buffer built on the meta device: rebuild them (float32 always),
+    # with the same formula as DiffusionLM.__init__.
+    hd = cfg.head_dim
+    model.inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32, device=dev) / hd))
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise CheckpointError(f"{root}: internal error, tensors left unloaded: {', '.join(left[:5])}")
+    model.eval()
+    return model, code_tok
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Saving our own format
+
+
+def _atomic_write(target: Path, write) -> None:  # type: ignore[no-untyped-def]
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_model(
+    model: DiffusionLM,
+    tokenizer: str | os.PathLike[str] | CodeTokenizer | Tokenizer,
+    out_dir: str | os.PathLike[str],
+    dtype: torch.dtype | None = None,
+) -> Path:
+    """Write `out_dir` in our own format: config.json (ModelConfig), model.safetensors, tokenizer.json.
+
+    Weights keep our parameter names; a tied lm_head is not written (it is the embedding). dtype casts floating
+    weights (e.g. torch.bfloat16 to halve the file); None keeps them as they are. Each file is written to a
+    temporary name and renamed into place. Returns the directory.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = model.cfg
+    state: dict[str, torch.Tensor] = {}
+    for name, t in model.state_dict().items():
+        if cfg.tie_embeddings and name == "lm_head.weight":
+            continue
+        t = t.detach()
+        if dtype is not None and t.is_floating_point():
+            t = t.to(dtype)
+        state[name] = t.to("cpu").contiguous()
+
+    _atomic_write(out / CONFIG_FILE, lambda p: p.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n"))
+    _atomic_write(out / WEIGHTS_FILE, lambda p: save_file(state, str(p), metadata={"format": "pt", "family": cfg.family}))
+
+    target = out / TOKENIZER_FILE
+    if isinstance(tokenizer, CodeTokenizer):
+        _atomic_write(target, lambda p: tokenizer.tok.save(str(p)))
+    elif isinstance(tokenizer, Tokenizer):
+        _atomic_write(target, lambda p: tokenizer.save(str(p)))
+    else:
+        src = Path(tokenizer)
+        if not src.is_file():
+            raise CheckpointError(f"{src}: tokenizer file not found")
+        if not (target.exists() and target.resolve() == src.resolve()):
+            _atomic_write(target, lambda p: shutil.copyfile(src, p))
+    return out
