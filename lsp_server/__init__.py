@@ -1,0 +1,1 @@
+"""codefill language server."""

@@ -1,0 +1,66 @@
+"""`codefill-lsp`: run the language server over stdio (default) or TCP."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from lsp_server.options import DEVICES, Settings
+
+
+def _host_port(value: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return host or "127.0.0.1", int(port)
+
+
+def _device(value: str) -> str:
+    if value in DEVICES or value.startswith("cuda:"):
+        return value
+    raise argparse.ArgumentTypeError(f"expected one of {', '.join(DEVICES)} or cuda:N, got {value!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of codefill-lsp."""
+    p = argparse.ArgumentParser(prog="codefill-lsp", description="codefill code-infill language server")
+    p.add_argument("--tcp", metavar="HOST:PORT", type=_host_port, help="listen on TCP instead of stdio")
+    p.add_argument("--log-file", metavar="PATH", help="also write logs to this file")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--model", metavar="PATH", help="model directory (default: the built-in model)")
+    p.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--steps", type=int, default=0, help="denoising steps per fill (0: the engine's default)")
+    p.add_argument("--debounce-ms", type=int, default=None, help="wait this long after typing before a fill")
+    p.add_argument("--engine-factory", metavar="MODULE:NAME",
+                   help="build the engine with this callable(path, device, steps) instead of engine.api")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of codefill-lsp."""
+    args = build_parser().parse_args(argv)
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setFormatter(logging.Formatter("codefill-lsp %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[stderr])
+    logging.getLogger("codefill").setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    if args.verbose:
+        logging.getLogger("pygls").setLevel(logging.DEBUG)
+
+    from lsp_server.server import make_server  # after logging is set up
+
+    settings = Settings(model_path=args.model, device=args.device, steps=max(args.steps, 0),
+                        log_file=args.log_file)
+    if args.debounce_ms is not None:
+        settings = Settings(**{**settings.__dict__, "debounce_ms": max(args.debounce_ms, 0)})
+    server = make_server(settings, engine_factory=args.engine_factory)
+    server.set_log_file(args.log_file)
+    if args.tcp:
+        server.start_tcp(*args.tcp)
+    else:
+        server.start_io()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,254 @@
+"""Cursor or selection -> Hole: the range to replace, the context on both sides, and a token budget."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from lsp_server import languages
+from lsp_server.languages import LanguageSpec
+
+HoleKind = Literal["line", "block", "body", "arguments", "selection"]
+
+LINE_TOKENS = 32  # the rest of a line
+ARGUMENT_TOKENS = 24  # an empty argument list
+BODY_TOKENS = 96  # an empty body after ':' or '{'
+BLOCK_TOKENS = 128  # a blank line inside a block
+
+# The engine sees at most 256 tokens; more context than this is never used, and a 5 MB line
+# must not travel to the engine whole.
+PREFIX_CHARS = 6000
+SUFFIX_CHARS = 3000
+
+# Text right of the cursor made only of these is taken as auto-closed: the fill's range runs
+# through it and the fill re-emits it, so it is replaced rather than doubled.
+_AUTO_CLOSED = re.compile(r"[)\]}>\"'`]+[;:,]?")
+_OPENERS = ("{", "(", "[")
+_PAIRS = {"(": ")", "[": "]", "{": "}"}
+
+
+@dataclass(frozen=True)
+class Hole:
+    """Where a fill goes and what the engine sees around it.
+
+    The document text in [start, end) is replaced by lead + fill + trail + keep, where fill is
+    what the engine writes. The engine sees prefix (document text before start, then lead) and
+    suffix (trail, keep, then the document text after end).
+    """
+
+    kind: HoleKind
+    start: int  # offsets into the document text, in code points
+    end: int
+    prefix: str
+    suffix: str
+    lead: str  # line break and indentation the server supplies before the fill
+    trail: str  # line break and indentation the server supplies after the fill
+    keep: str  # text inside the range that is re-emitted after the fill (auto-closed brackets)
+    indent: str  # indentation of the lines of a multi-line fill
+    max_tokens: int
+    single_line: bool
+    in_comment: bool = False
+
+    def insert_text(self, fill: str) -> str:
+        """The text that replaces [start, end) for a given fill."""
+        return self.lead + fill + self.trail + self.keep
+
+
+def _leading_ws(line: str) -> str:
+    return line[: len(line) - len(line.lstrip(" \t"))]
+
+
+def detect_indent_unit(text: str, default: str = "    ") -> str:
+    """The document's indentation unit: a tab, or the smallest indentation in spaces."""
+    smallest = 0
+    for i, line in enumerate(text.splitlines()):
+        if i > 2000:
+            break
+        if not line.strip():
+            continue
+        if line.startswith("\t"):
+            return "\t"
+        width = len(line) - len(line.lstrip(" "))
+        if width and (smallest == 0 or width < smallest):
+            smallest = width
+    return " " * min(max(smallest, 2), 8) if smallest else default
+
+
+def _opens_block(line: str, spec: LanguageSpec | None) -> bool:
+    """Whether a line ends with something that opens an indented block."""
+    s = line.rstrip()
+    hash_comment = s.find("#") if spec is not None and spec.indent_blocks else -1
+    if hash_comment >= 0 and "'" not in s[:hash_comment] and '"' not in s[:hash_comment]:
+        s = s[:hash_comment].rstrip()
+    if s.endswith(_OPENERS):
+        return True
+    return s.endswith(":") and (spec is None or spec.indent_blocks)
+
+
+@dataclass(frozen=True)
+class _Syntax:
+    in_comment: bool = False
+    in_string: bool = False
+    empty_arguments: bool = False
+
+
+def _syntax_at(spec: LanguageSpec | None, text: str, offset: int) -> _Syntax:
+    """What the syntax tree says about the cursor: comment, string, empty argument list."""
+    if spec is None:
+        return _Syntax()
+    tree = languages.parse(spec, text)
+    if tree is None:
+        return _Syntax()
+    b = len(text[:offset].encode("utf-8", "surrogatepass"))
+    in_comment = in_string = empty_args = False
+    for probe in {max(b - 1, 0), b}:
+        node = tree.root_node.descendant_for_byte_range(probe, probe)
+        while node is not None:
+            inside = node.start_byte < b < node.end_byte
+            if node.type in spec.comment_kinds and node.start_byte < b <= node.end_byte:
+                # A line comment runs to the end of its line; a block comment is left at its end.
+                closed = node.text is not None and node.text.rstrip().endswith(b"*/")
+                in_comment = in_comment or inside or not closed
+            elif node.type in spec.string_kinds and inside:
+                in_string = True
+            elif node.type in spec.argument_kinds and inside:
+                named = [c for c in node.named_children if c.type not in spec.comment_kinds]
+                empty_args = empty_args or not named
+            node = node.parent
+    return _Syntax(in_comment, in_string, empty_args)
+
+
+def _clip_prefix(prefix: str) -> str:
+    if len(prefix) <= PREFIX_CHARS:
+        return prefix
+    clipped = prefix[-PREFIX_CHARS:]
+    cut = clipped.find("\n")
+    return clipped[cut + 1 :] if 0 <= cut < len(clipped) // 2 else clipped
+
+
+def _clip_suffix(suffix: str) -> str:
+    if len(suffix) <= SUFFIX_CHARS:
+        return suffix
+    clipped = suffix[:SUFFIX_CHARS]
+    cut = clipped.rfind("\n")
+    return clipped[: cut + 1] if cut > len(clipped) // 2 else clipped
+
+
+def _estimate_tokens(text: str) -> int:
+    return max(1, len(text) // 3)
+
+
+def _neighbour_line(text: str, pos: int, step: int) -> str | None:
+    """The nearest non-blank line above (step=-1, pos at a line start) or below (step=1, pos at a line end)."""
+    if step < 0:
+        end = pos - 1
+        while end >= 0:
+            start = text.rfind("\n", 0, end) + 1
+            line = text[start:end].rstrip("\r")
+            if line.strip():
+                return line
+            end = start - 1
+        return None
+    start = pos + 1
+    while start <= len(text):
+        end = text.find("\n", start)
+        end = len(text) if end < 0 else end
+        line = text[start:end].rstrip("\r")
+        if line.strip():
+            return line
+        start = end + 1
+    return None
+
+
+def find_hole(
+    text: str,
+    offset: int,
+    language_id: str | None = None,
+    selection_end: int | None = None,
+    *,
+    max_tokens: int = BLOCK_TOKENS,
+) -> Hole:
+    """The hole at a cursor offset (or the selection [offset, selection_end)) in a document."""
+    offset = min(max(offset, 0), len(text))
+    spec = languages.spec_for(language_id)
+    cap = max(1, max_tokens)
+
+    def make(kind: HoleKind, start: int, end: int, budget: int, single: bool, *, lead: str = "",
+             trail: str = "", keep: str = "", indent: str = "", in_comment: bool = False) -> Hole:
+        return Hole(
+            kind=kind, start=start, end=end,
+            prefix=_clip_prefix(text[:start] + lead),
+            suffix=_clip_suffix(trail + keep + text[end:]),
+            lead=lead, trail=trail, keep=keep, indent=indent,
+            max_tokens=max(1, min(budget, cap)), single_line=single, in_comment=in_comment,
+        )
+
+    line_start = text.rfind("\n", 0, offset) + 1
+    line_end = text.find("\n", offset)
+    line_end = len(text) if line_end < 0 else line_end
+    if line_end > line_start and text[line_end - 1] == "\r":
+        line_end -= 1
+    line = text[line_start:line_end]
+    current_indent = _leading_ws(line)
+
+    if selection_end is not None and selection_end != offset:
+        start, end = sorted((offset, min(max(selection_end, 0), len(text))))
+        selected = text[start:end]
+        budget = min(max(_estimate_tokens(selected) * 3 // 2 + 4, 8), BLOCK_TOKENS)
+        return make("selection", start, end, budget, "\n" not in selected, indent=current_indent)
+
+    left = text[line_start:offset]
+    right = text[offset:line_end]
+    unit = detect_indent_unit(text, spec.indent_unit if spec else "    ")
+    syntax = _syntax_at(spec, text, offset)
+
+    if syntax.in_comment or syntax.in_string:
+        return make("line", offset, offset if right.strip() else line_end, LINE_TOKENS, True,
+                    indent=current_indent, in_comment=syntax.in_comment)
+
+    if not left.strip() and not right.strip():
+        # A blank line: a block of statements may go here.
+        prev = _neighbour_line(text, line_start, -1)
+        nxt = _neighbour_line(text, line_end, 1)
+        prev_indent = _leading_ws(prev) if prev is not None else ""
+        opens = prev is not None and _opens_block(prev, spec)
+        if left:
+            indent = left  # the editor has indented the line: trust it
+        else:
+            indent = prev_indent + unit if opens else prev_indent
+            if nxt is not None and not opens and len(_leading_ws(nxt)) > len(indent):
+                indent = _leading_ws(nxt)
+        empty_body = opens and (nxt is None or len(_leading_ws(nxt)) <= len(prev_indent))
+        lead = indent[len(left):] if indent.startswith(left) else ""
+        kind: HoleKind = "body" if empty_body else "block"
+        return make(kind, offset, line_end, BODY_TOKENS if empty_body else BLOCK_TOKENS, False,
+                    lead=lead, indent=left + lead)
+
+    if left.strip() and not right.strip():
+        if _opens_block(left, spec):
+            # The end of a line that opens a block: statements go on the lines below.
+            nxt = _neighbour_line(text, line_end, 1)
+            inner = current_indent + unit
+            empty_body = nxt is None or len(_leading_ws(nxt)) <= len(current_indent)
+            if nxt is not None and not empty_body:
+                inner = _leading_ws(nxt)
+            return make("body" if empty_body else "block", offset, line_end,
+                        BODY_TOKENS if empty_body else BLOCK_TOKENS, False,
+                        lead="\n" + inner, indent=inner)
+        return make("line", offset, line_end, LINE_TOKENS, True, indent=current_indent)
+
+    stripped_left = left.rstrip()
+    if stripped_left.endswith("{") and right.lstrip().startswith("}"):
+        # `{|}`: an empty body on one line becomes an indented block.
+        inner = current_indent + unit
+        end = offset + (len(right) - len(right.lstrip()))
+        return make("body", offset, end, BODY_TOKENS, False,
+                    lead="\n" + inner, trail="\n" + current_indent, indent=inner)
+
+    right_content = right.rstrip()
+    auto_closed = _AUTO_CLOSED.fullmatch(right_content) is not None
+    end, keep = (line_end, right_content) if auto_closed else (offset, "")
+    if syntax.empty_arguments or (spec is None and stripped_left.endswith("(") and right.startswith(")")):
+        return make("arguments", offset, end, ARGUMENT_TOKENS, True, keep=keep, indent=current_indent)
+    return make("line", offset, end, LINE_TOKENS, True, keep=keep, indent=current_indent)

@@ -1,0 +1,84 @@
+"""LSP positions (line, UTF-16 code unit) <-> offsets into a Python string (code points)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Pos:
+    """A position as the client counts it: zero-based line and UTF-16 code units."""
+
+    line: int
+    character: int
+
+
+def utf16_len(text: str) -> int:
+    """Length of text in UTF-16 code units."""
+    if text.isascii():
+        return len(text)
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
+def line_starts(text: str) -> list[int]:
+    """Offsets at which each line starts (lines end at \\n, \\r\\n or \\r, as in LSP)."""
+    starts = [0]
+    i, n = 0, len(text)
+    find = text.find
+    while True:
+        j = find("\n", i)
+        k = find("\r", i, j if j >= 0 else n)
+        if k >= 0:
+            if k + 1 < n and text[k + 1] == "\n":
+                starts.append(k + 2)
+                i = k + 2
+            else:
+                starts.append(k + 1)
+                i = k + 1
+            continue
+        if j < 0:
+            return starts
+        starts.append(j + 1)
+        i = j + 1
+
+
+def _line_end(text: str, starts: list[int], line: int) -> int:
+    """Offset of the end of a line's content (before its line break)."""
+    end = starts[line + 1] if line + 1 < len(starts) else len(text)
+    while end > starts[line] and text[end - 1] in "\r\n":
+        end -= 1
+    return end
+
+
+def offset_at(text: str, pos: Pos, starts: list[int] | None = None) -> int:
+    """Offset of an LSP position, clamped into the document (past a line's end -> its end)."""
+    starts = starts if starts is not None else line_starts(text)
+    if pos.line < 0:
+        return 0
+    if pos.line >= len(starts):
+        return len(text)
+    start = starts[pos.line]
+    end = _line_end(text, starts, pos.line)
+    want = max(pos.character, 0)
+    if text.isascii() or text[start:end].isascii():
+        return min(start + want, end)
+    units = 0
+    i = start
+    while i < end and units < want:
+        units += 2 if ord(text[i]) > 0xFFFF else 1
+        i += 1
+    return i
+
+
+def position_at(text: str, offset: int, starts: list[int] | None = None) -> Pos:
+    """LSP position of an offset (clamped into the document)."""
+    starts = starts if starts is not None else line_starts(text)
+    offset = min(max(offset, 0), len(text))
+    lo, hi = 0, len(starts) - 1
+    while lo < hi:  # last line start <= offset
+        mid = (lo + hi + 1) // 2
+        if starts[mid] <= offset:
+            lo = mid
+        else:
+            hi = mid - 1
+    return Pos(lo, utf16_len(text[starts[lo]:offset]))

@@ -1,0 +1,580 @@
+"""The language server: document sync, inline completion, completion, the fill command. Handlers stay thin."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, TypeVar
+
+from lsprotocol import types
+from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
+from pygls.lsp.server import LanguageServer
+from pygls.protocol import LanguageServerProtocol
+from pygls.uris import to_fs_path
+
+from lsp_server import languages
+from lsp_server.engine_client import EngineClient, InProcessEngine
+from lsp_server.holes import Hole, find_hole
+from lsp_server.options import Settings, parse_settings
+from lsp_server.positions import Pos, line_starts, offset_at, position_at
+from lsp_server.postprocess import postprocess
+
+log = logging.getLogger("codefill.server")
+
+FILL_COMMAND = "codefill.fill"
+PROGRESS_TOKEN = "codefill/load-model"
+MAX_DISK_BYTES = 8_000_000  # documents read from disk (not opened by the client) above this are not served
+VERSION = "0.1.0"
+
+T = TypeVar("T")
+
+
+class CodefillProtocol(LanguageServerProtocol):
+    """pygls's protocol, but a request whose params do not parse gets an error response, not silence."""
+
+    def structure_message(self, data: dict[str, Any]) -> Any:
+        try:
+            return super().structure_message(data)
+        except JsonRpcException as exc:
+            msg_id = data.get("id") if isinstance(data, dict) else None
+            if "method" in data and isinstance(msg_id, (int, str)) and not isinstance(msg_id, bool):
+                log.warning("invalid params for %s (id %r): answered with an error", data.get("method"), msg_id)
+                self._send_response(msg_id, error=exc.to_response_error())
+            raise
+
+
+@dataclass
+class Document:
+    """A document's text as the server sees it."""
+
+    uri: str
+    text: str
+    language_id: str | None
+    version: int | None
+
+
+@dataclass
+class Job:
+    """The newest fill job of a document; an older one is cancelled when a newer one starts."""
+
+    uri: str
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class CachedFill:
+    """The last fill shown in a document, kept so that typing through it needs no new engine call."""
+
+    before: str  # document text before the replaced range
+    after: str  # document text after the replaced range
+    insert: str  # the text that replaced the range
+
+
+@dataclass
+class Suggestion:
+    """A fill ready to send: the range it replaces and the text."""
+
+    range: types.Range
+    text: str
+
+
+def _guarded(default: Any = None) -> Callable[[Callable[..., Awaitable[T]]], Callable[..., Awaitable[T]]]:
+    """Catch everything at the handler edge: log it and answer `default`. The server never dies from a request."""
+
+    def wrap(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+        @functools.wraps(fn)
+        async def handler(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await fn(*args, **kwargs)
+            except JsonRpcException:
+                raise
+            except Exception:
+                log.exception("%s failed; answering %r", fn.__name__, default)
+                return default
+
+        return handler
+
+    return wrap
+
+
+class LspLogHandler(logging.Handler):
+    """Python log records -> window/logMessage, sent from the event loop thread."""
+
+    LEVELS = {
+        logging.ERROR: types.MessageType.Error,
+        logging.WARNING: types.MessageType.Warning,
+        logging.INFO: types.MessageType.Info,
+    }
+
+    def __init__(self, server: CodefillServer) -> None:
+        super().__init__()
+        self.server = server
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            kind = types.MessageType.Log
+            for level, value in self.LEVELS.items():
+                if record.levelno >= level:
+                    kind = value
+                    break
+            self.server.send_threadsafe(
+                lambda: self.server.window_log_message(types.LogMessageParams(type=kind, message=self.format(record)))
+            )
+        except Exception:
+            pass
+
+
+class CodefillServer(LanguageServer):
+    """The codefill language server: its settings, its engine and its per-document fill state."""
+
+    def __init__(self, settings: Settings | None = None, engine_factory: str | None = None) -> None:
+        super().__init__(
+            "codefill",
+            VERSION,
+            text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
+            protocol_cls=CodefillProtocol,
+        )
+        self.settings = settings or Settings()
+        self.engine_factory = engine_factory
+        self.engine: EngineClient = self._make_engine()
+        self.engine_error: str | None = None
+        self.engine_loading = False
+        self.engine_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="codefill-engine")
+        self.jobs: dict[str, Job] = {}
+        self.cache: dict[str, CachedFill] = {}
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.progress_open = False
+        self.file_handler: logging.Handler | None = None
+        self.fills_started = 0  # engine calls made; for logs and tests
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    def _make_engine(self) -> EngineClient:
+        s = self.settings
+        return InProcessEngine(s.model_path, s.device, s.steps, factory=self.engine_factory)
+
+    def send_threadsafe(self, send: Callable[[], None]) -> None:
+        """Run a send on the event loop thread (the writer is not thread-safe)."""
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            send()
+        else:
+            loop.call_soon_threadsafe(send)
+
+    def report_server_error(self, error: Exception, source: Any) -> None:
+        """Errors outside a request: log them; answer unparseable input with a JSON-RPC parse error."""
+        if isinstance(error, ValueError) and not isinstance(error, JsonRpcException):
+            # json.JSONDecodeError and UnicodeDecodeError: the message could not be read at all.
+            log.warning("unreadable message from the client: %s", error)
+            self.protocol._send_data(
+                {"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": f"Parse error: {error}"}}
+            )
+            return
+        log.error("server error (%s): %s", getattr(source, "__name__", source), error)
+
+    def show(self, message: str, kind: types.MessageType = types.MessageType.Warning) -> None:
+        """One window/showMessage (used for settings problems and a model that fails to load)."""
+        self.send_threadsafe(
+            lambda: self.window_show_message(types.ShowMessageParams(type=kind, message=f"codefill: {message}"))
+        )
+
+    def apply_settings(self, raw: Any) -> None:
+        """Merge settings from the client; one message for everything rejected; reload the model if it changed."""
+        parsed = parse_settings(raw, self.settings)
+        if parsed.problems:
+            self.show("invalid settings: " + "; ".join(parsed.problems))
+        old, self.settings = self.settings, parsed.settings
+        if self.settings.log_file != old.log_file:
+            self.set_log_file(self.settings.log_file)
+        engine_changed = (old.model_path, old.device, old.steps) != (
+            self.settings.model_path, self.settings.device, self.settings.steps
+        )
+        if engine_changed and (self.engine.ready or self.engine_error is not None):
+            self.engine = self._make_engine()
+            self.engine_error = None
+            self.start_loading()
+
+    def set_log_file(self, path: str | None) -> None:
+        """Send logs to a file as well; an unwritable path is a warning, not a crash."""
+        root = logging.getLogger("codefill")
+        if self.file_handler is not None:
+            root.removeHandler(self.file_handler)
+            self.file_handler.close()
+            self.file_handler = None
+        if not path:
+            return
+        try:
+            handler = logging.FileHandler(path, encoding="utf-8")
+        except OSError as exc:
+            log.warning("cannot write the log file %s: %s", path, exc)
+            return
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+        self.file_handler = handler
+
+    # -- the model --------------------------------------------------------------------------------
+
+    def start_loading(self) -> None:
+        """Load the model once, in a background thread; requests meanwhile are answered null."""
+        if self.engine_loading:
+            return
+        self.engine_loading = True
+        engine = self.engine
+
+        def load() -> None:
+            error: str | None = None
+            started = time.perf_counter()
+            try:
+                engine.load()
+            except Exception as exc:  # CheckpointError, ImportError, anything: the server lives on
+                error = f"{type(exc).__name__}: {exc}"
+                log.error("the model failed to load: %s", error)
+            else:
+                log.info("model ready in %.1f s", time.perf_counter() - started)
+            self.send_threadsafe(functools.partial(self._loaded, engine, error))
+
+        threading.Thread(target=load, name="codefill-load", daemon=True).start()
+
+    def _loaded(self, engine: EngineClient, error: str | None) -> None:
+        self.engine_loading = False
+        if engine is not self.engine:
+            self.start_loading()  # settings changed while it loaded
+            return
+        self.engine_error = error
+        if error is not None:
+            self.show(f"the model could not be loaded ({error}); no fills until it is fixed",
+                      types.MessageType.Error)
+        self._end_progress(error)
+
+    def _end_progress(self, error: str | None) -> None:
+        if self.progress_open:
+            self.progress_open = False
+            self.work_done_progress.end(
+                PROGRESS_TOKEN,
+                types.WorkDoneProgressEnd(message="model ready" if error is None else "model failed to load"),
+            )
+
+    async def begin_progress(self) -> None:
+        """Report the model load with $/progress, where the client supports it."""
+        caps = self.client_capabilities
+        if not (caps and caps.window and caps.window.work_done_progress):
+            return
+        try:
+            await asyncio.wait_for(self.work_done_progress.create_async(PROGRESS_TOKEN), timeout=5)
+        except Exception as exc:
+            log.info("no progress reporting: %s", exc)
+            return
+        self.progress_open = True
+        self.work_done_progress.begin(
+            PROGRESS_TOKEN, types.WorkDoneProgressBegin(title="codefill", message="loading the model", cancellable=False)
+        )
+        if not self.engine_loading:  # it finished before the client was ready to hear of it
+            self._end_progress(self.engine_error)
+
+    # -- documents --------------------------------------------------------------------------------
+
+    def document(self, uri: str) -> Document | None:
+        """An open document, or a file on disk (decoded leniently); None when there is neither."""
+        opened = self.workspace.text_documents.get(uri)
+        if opened is not None:
+            return Document(uri, opened.source, opened.language_id, opened.version)
+        try:
+            path = to_fs_path(uri)
+            if not path:
+                return None
+            with open(path, "rb") as f:
+                data = f.read(MAX_DISK_BYTES + 1)
+        except (OSError, ValueError):
+            return None
+        if len(data) > MAX_DISK_BYTES:
+            return None
+        return Document(uri, data.decode("utf-8", errors="replace"), languages.language_id_for_path(path), None)
+
+    def version_of(self, uri: str) -> int | None:
+        doc = self.workspace.text_documents.get(uri)
+        return doc.version if doc is not None else None
+
+    def forget(self, uri: str) -> None:
+        self.cache.pop(uri, None)
+        job = self.jobs.pop(uri, None)
+        if job is not None:
+            job.cancel.set()
+
+    # -- fills ------------------------------------------------------------------------------------
+
+    def _from_cache(self, uri: str, text: str, offset: int, starts: list[int]) -> Suggestion | None:
+        """The last fill, shortened by what the user has typed of it since."""
+        c = self.cache.get(uri)
+        if c is None or offset < len(c.before) or len(text) - len(c.after) < offset:
+            return None
+        if not (text.startswith(c.before) and text.endswith(c.after)):
+            return None
+        typed = text[len(c.before):offset]
+        if len(typed) >= len(c.insert) or not c.insert.startswith(typed):
+            return None
+        rng = types.Range(_lsp(position_at(text, offset, starts)),
+                          _lsp(position_at(text, len(text) - len(c.after), starts)))
+        return Suggestion(rng, c.insert[len(typed):])
+
+    async def suggest(
+        self,
+        uri: str,
+        position: types.Position,
+        selection_end: types.Position | None = None,
+        *,
+        invoked: bool = False,
+        debounce: bool = True,
+    ) -> list[Suggestion]:
+        """Fills for a cursor or a selection: [] when there is none, the document moved on, or no model."""
+        settings = self.settings
+        doc = self.document(uri)
+        if doc is None:
+            log.info("no document %s", uri)
+            return []
+        if not settings.serves(doc.language_id):
+            return []
+        text = doc.text
+        starts = line_starts(text)
+        offset = offset_at(text, Pos(position.line, position.character), starts)
+        end = offset_at(text, Pos(selection_end.line, selection_end.character), starts) if selection_end else None
+        if end is None or end == offset:
+            hit = self._from_cache(uri, text, offset, starts)
+            if hit is not None and not invoked:
+                return [hit]
+        if not self.engine.ready:
+            return []
+
+        previous = self.jobs.get(uri)
+        if previous is not None:
+            previous.cancel.set()
+        job = self.jobs[uri] = Job(uri)
+
+        if debounce and settings.debounce_ms and not invoked:
+            await asyncio.sleep(settings.debounce_ms / 1000)
+        if job.cancel.is_set() or self.version_of(uri) != doc.version:
+            return []
+
+        candidates = settings.candidates if invoked else 1
+        assert self.loop is not None
+        try:
+            hole, inserts = await self.loop.run_in_executor(
+                self.engine_executor,
+                functools.partial(self._fill_job, job, doc, offset, end, candidates, settings),
+            )
+        finally:
+            if self.jobs.get(uri) is job:
+                del self.jobs[uri]
+        if hole is None or not inserts:
+            return []
+        self.cache[uri] = CachedFill(text[: hole.start], text[hole.end :], inserts[0])
+        if job.cancel.is_set() or self.version_of(uri) != doc.version:
+            return []  # stale: the cache above still serves the user typing through it
+        rng = types.Range(_lsp(position_at(text, hole.start, starts)), _lsp(position_at(text, hole.end, starts)))
+        return [Suggestion(rng, insert) for insert in inserts]
+
+    def _fill_job(
+        self, job: Job, doc: Document, offset: int, end: int | None, candidates: int, settings: Settings
+    ) -> tuple[Hole | None, list[str]]:
+        """Runs in the engine thread: hole, engine fills, post-processing. Newest job per document wins."""
+        if job.cancel.is_set():
+            return None, []
+        from engine.errors import EngineError, FillCancelled  # no torch: engine/errors.py is plain
+
+        spec = languages.spec_for(doc.language_id)
+        hole = find_hole(doc.text, offset, doc.language_id, end, max_tokens=settings.max_tokens)
+        errors_before = languages.count_syntax_errors(spec, doc.text) if spec else None
+        attempts: list[tuple[int, float, int | None]] = [(hole.max_tokens, 0.0, None)]
+        if candidates > 1:
+            # The span length is the biggest lever on a diffusion fill: vary it, then sample.
+            for budget in (hole.max_tokens // 2, hole.max_tokens // 4):
+                if budget >= 4:
+                    attempts.append((budget, 0.0, None))
+            attempts += [(hole.max_tokens, 0.8, seed) for seed in range(1, candidates + 1)]
+        inserts: list[str] = []
+        for budget, temperature, seed in attempts:
+            if len(inserts) >= candidates or job.cancel.is_set():
+                break
+            self.fills_started += 1
+            started = time.perf_counter()
+            try:
+                out = self.engine.fill(
+                    hole.prefix, hole.suffix, budget, hole.single_line,
+                    steps=settings.steps or None, temperature=temperature, seed=seed, cancel=job.cancel,
+                )
+            except FillCancelled:
+                log.debug("fill cancelled: %s", doc.uri)
+                break
+            except EngineError as exc:
+                log.warning("engine error: %s", exc)
+                break
+            insert = postprocess(hole, out.text, doc.text, spec, errors_before)
+            log.debug("fill %s %s budget=%d in %.0f ms: %r -> %r", doc.uri, hole.kind, budget,
+                      (time.perf_counter() - started) * 1000, out.text, insert)
+            if insert is not None and insert not in inserts:
+                inserts.append(insert)
+        return hole, inserts
+
+
+def _lsp(pos: Pos) -> types.Position:
+    return types.Position(line=pos.line, character=pos.character)
+
+
+def _range_json(rng: types.Range) -> dict[str, Any]:
+    return {
+        "start": {"line": rng.start.line, "character": rng.start.character},
+        "end": {"line": rng.end.line, "character": rng.end.character},
+    }
+
+
+def _parse_range(raw: Any) -> types.Range:
+    """A Range from a command argument; raises ValueError."""
+    try:
+        start, end = raw["start"], raw["end"]
+        values = [start["line"], start["character"], end["line"], end["character"]]
+    except (TypeError, KeyError) as exc:
+        raise ValueError(f"not a range: {raw!r}") from exc
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
+        raise ValueError(f"not a range: {raw!r}")
+    return types.Range(types.Position(values[0], values[1]), types.Position(values[2], values[3]))
+
+
+def _sorted_range(rng: types.Range) -> tuple[types.Position, types.Position]:
+    a, b = rng.start, rng.end
+    return (a, b) if (a.line, a.character) <= (b.line, b.character) else (b, a)
+
+
+def make_server(settings: Settings | None = None, engine_factory: str | None = None) -> CodefillServer:
+    """The server with its features registered."""
+    server = CodefillServer(settings, engine_factory)
+    logging.getLogger("codefill").addHandler(LspLogHandler(server))
+
+    @server.feature(types.INITIALIZE)
+    def initialize(ls: CodefillServer, params: types.InitializeParams) -> None:
+        ls.loop = asyncio.get_running_loop()
+        if params.initialization_options is not None:
+            ls.apply_settings(params.initialization_options)
+        ls.start_loading()
+
+    @server.feature(types.INITIALIZED)
+    @_guarded()
+    async def initialized(ls: CodefillServer, params: types.InitializedParams) -> None:
+        await ls.begin_progress()
+
+    @server.feature(types.WORKSPACE_DID_CHANGE_CONFIGURATION)
+    def did_change_configuration(ls: CodefillServer, params: types.DidChangeConfigurationParams) -> None:
+        try:
+            ls.apply_settings(params.settings)
+        except Exception:
+            log.exception("didChangeConfiguration failed")
+
+    @server.feature(types.TEXT_DOCUMENT_DID_CLOSE)
+    def did_close(ls: CodefillServer, params: types.DidCloseTextDocumentParams) -> None:
+        ls.forget(params.text_document.uri)
+
+    @server.feature(types.TEXT_DOCUMENT_INLINE_COMPLETION, types.InlineCompletionOptions())
+    @_guarded()
+    async def inline_completion(
+        ls: CodefillServer, params: types.InlineCompletionParams
+    ) -> types.InlineCompletionList | None:
+        invoked = params.context.trigger_kind == types.InlineCompletionTriggerKind.Invoked
+        selected = params.context.selected_completion_info
+        if selected is not None:
+            return None  # the editor's own completion menu is open: stay out of its way
+        found = await ls.suggest(params.text_document.uri, params.position, invoked=invoked)
+        if not found:
+            return None
+        return types.InlineCompletionList(
+            items=[types.InlineCompletionItem(insert_text=s.text, range=s.range) for s in found]
+        )
+
+    @server.feature(types.TEXT_DOCUMENT_COMPLETION, types.CompletionOptions(trigger_characters=[]))
+    @_guarded(default=types.CompletionList(is_incomplete=True, items=[]))
+    async def completion(ls: CodefillServer, params: types.CompletionParams) -> types.CompletionList:
+        invoked = params.context is None or params.context.trigger_kind == types.CompletionTriggerKind.Invoked
+        found = await ls.suggest(params.text_document.uri, params.position, debounce=not invoked)
+        items = []
+        for i, s in enumerate(found):
+            first = s.text.strip().split("\n", 1)[0]
+            label = first if len(first) <= 60 else first[:57] + "..."
+            items.append(
+                types.CompletionItem(
+                    label=label or "(fill)",
+                    kind=types.CompletionItemKind.Text,
+                    detail="codefill",
+                    sort_text=f"0{i}",
+                    filter_text=s.text,
+                    preselect=i == 0,
+                    insert_text_format=types.InsertTextFormat.PlainText,
+                    text_edit=types.TextEdit(range=s.range, new_text=s.text),
+                )
+            )
+        return types.CompletionList(is_incomplete=True, items=items)
+
+    @server.feature(
+        types.TEXT_DOCUMENT_CODE_ACTION,
+        types.CodeActionOptions(code_action_kinds=[types.CodeActionKind.RefactorRewrite]),
+    )
+    @_guarded(default=[])
+    async def code_action(ls: CodefillServer, params: types.CodeActionParams) -> list[types.CodeAction]:
+        start, end = _sorted_range(params.range)
+        if (start.line, start.character) == (end.line, end.character) or not ls.settings.enabled:
+            return []
+        rng = types.Range(start, end)
+        return [
+            types.CodeAction(
+                title="Fill selection",
+                kind=types.CodeActionKind.RefactorRewrite,
+                command=types.Command(
+                    title="Fill selection", command=FILL_COMMAND,
+                    arguments=[params.text_document.uri, _range_json(rng)],
+                ),
+            )
+        ]
+
+    @server.command(FILL_COMMAND)
+    async def fill_command(ls: CodefillServer, *args: Any) -> Any:
+        if len(args) != 2 or not isinstance(args[0], str):
+            raise JsonRpcInvalidParams.of(ValueError(f"{FILL_COMMAND} takes (uri, range), got {list(args)!r}"))
+        try:
+            rng = _parse_range(args[1])
+        except ValueError as exc:
+            raise JsonRpcInvalidParams.of(exc)
+        return await _fill_and_apply(ls, args[0], rng)
+
+    @_guarded(default={"applied": False})
+    async def _fill_and_apply(ls: CodefillServer, uri: str, rng: types.Range) -> dict[str, Any]:
+        start, end = _sorted_range(rng)
+        version = ls.version_of(uri)
+        found = await ls.suggest(uri, start, end, debounce=False)
+        if not found:
+            return {"applied": False, "reason": "no fill"}
+        edit = types.WorkspaceEdit(changes={uri: [types.TextEdit(range=found[0].range, new_text=found[0].text)]})
+        if ls.version_of(uri) != version:
+            return {"applied": False, "reason": "the document changed"}
+        result = await ls.workspace_apply_edit_async(
+            types.ApplyWorkspaceEditParams(edit=edit, label="Fill selection")
+        )
+        applied = bool(getattr(result, "applied", False))
+        return {"applied": applied, "text": found[0].text}
+
+    @server.feature(types.SHUTDOWN)
+    def shutdown(ls: CodefillServer, params: Any) -> None:
+        for job in ls.jobs.values():
+            job.cancel.set()
+
+    return server
+
+
+__all__ = ["CodefillServer", "make_server", "FILL_COMMAND"]
