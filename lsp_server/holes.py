@@ -91,6 +91,7 @@ class _Syntax:
     in_comment: bool = False
     in_string: bool = False
     empty_arguments: bool = False
+    in_block: bool | None = None  # whether the innermost node around the cursor is a block; None: no tree
 
 
 def _syntax_at(spec: LanguageSpec | None, text: str, offset: int) -> _Syntax:
@@ -102,6 +103,10 @@ def _syntax_at(spec: LanguageSpec | None, text: str, offset: int) -> _Syntax:
         return _Syntax()
     b = len(text[:offset].encode("utf-8", "surrogatepass"))
     in_comment = in_string = empty_args = False
+    innermost = tree.root_node.named_descendant_for_byte_range(b, b)
+    while innermost is not None and not (innermost.start_byte < b < innermost.end_byte):
+        innermost = innermost.parent
+    in_block = innermost is not None and innermost.type in spec.block_kinds
     for probe in {max(b - 1, 0), b}:
         node = tree.root_node.descendant_for_byte_range(probe, probe)
         while node is not None:
@@ -116,7 +121,7 @@ def _syntax_at(spec: LanguageSpec | None, text: str, offset: int) -> _Syntax:
                 named = [c for c in node.named_children if c.type not in spec.comment_kinds]
                 empty_args = empty_args or not named
             node = node.parent
-    return _Syntax(in_comment, in_string, empty_args)
+    return _Syntax(in_comment, in_string, empty_args, in_block)
 
 
 def _clip_prefix(prefix: str) -> str:
@@ -239,7 +244,7 @@ def find_hole(
         return make("line", offset, line_end, LINE_TOKENS, True, indent=current_indent)
 
     stripped_left = left.rstrip()
-    if stripped_left.endswith("{") and right.lstrip().startswith("}"):
+    if stripped_left.endswith("{") and right.lstrip().startswith("}") and syntax.in_block is not False:
         # `{|}`: an empty body on one line becomes an indented block.
         inner = current_indent + unit
         end = offset + (len(right) - len(right.lstrip()))

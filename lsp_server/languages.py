@@ -33,7 +33,7 @@ def _spec(name, module, function, blocks, args, **kw) -> LanguageSpec:
     return LanguageSpec(name, module, function, frozenset(blocks), frozenset(args), **kw)
 
 
-_JS_BLOCKS = {"statement_block", "class_body", "switch_body", "object"}
+_JS_BLOCKS = {"statement_block", "class_body", "switch_body"}
 _JS_ARGS = {"arguments", "formal_parameters"}
 
 SPECS: dict[str, LanguageSpec] = {

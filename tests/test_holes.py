@@ -1,0 +1,155 @@
+"""Hole finding: table-driven, per language. `|` marks the cursor, `«...»` a selection."""
+
+from __future__ import annotations
+
+import pytest
+
+from lsp_server import languages
+from lsp_server.holes import (
+    BLOCK_TOKENS,
+    BODY_TOKENS,
+    LINE_TOKENS,
+    PREFIX_CHARS,
+    SUFFIX_CHARS,
+    detect_indent_unit,
+    find_hole,
+)
+
+
+def _split(marked: str) -> tuple[str, int, int | None]:
+    if "«" in marked:
+        a = marked.index("«")
+        text = marked.replace("«", "")
+        b = text.index("»")
+        return text.replace("»", ""), a, b
+    return marked.replace("|", ""), marked.index("|"), None
+
+
+# (languageId, marked source, kind, single_line, replaced text, lead, trail, keep)
+CASES = [
+    # Python
+    ("python", "def f(a):\n    return a +|\n", "line", True, "", "", "", ""),
+    ("python", "def f(a):\n    x = foo(|)\n", "arguments", True, ")", "", "", ")"),
+    ("python", "def f(a):\n    print(a|)\n", "line", True, ")", "", "", ")"),
+    ("python", "def f(a):\n    x = a|.b + 1\n", "line", True, "", "", "", ""),
+    ("python", "def f(a):\n    |\n", "body", False, "", "", "", ""),
+    ("python", "def f(a):\n|\n", "body", False, "", "    ", "", ""),
+    ("python", "def f(a):|\n\nx = 1\n", "body", False, "", "\n    ", "", ""),
+    ("python", "def f(a):\n    x = 1\n    |\n    return x\n", "block", False, "", "", "", ""),
+    ("python", "def f(a):\n    x = 1\n|\n    return x\n", "block", False, "", "    ", "", ""),
+    ("python", "def f(a):\n    # add the |\n    return a\n", "line", True, "", "", "", ""),
+    ("python", "s = 'ab|c'\n", "line", True, "", "", "", ""),
+    ("python", "def f(a):\n    return «a + 1»\n", "selection", True, "a + 1", "", "", ""),
+    ("python", "def f(a):\n«    x = 1\n    return x»\n", "selection", False, "    x = 1\n    return x", "", "", ""),
+    # JavaScript and JSX
+    ("javascript", "function f(a) {|}\n", "body", False, "", "\n  ", "\n", ""),
+    ("javascript", "function f(a) {\n  |\n}\n", "body", False, "", "", "", ""),
+    ("javascript", "function f(a) {\n  foo(|);\n}\n", "arguments", True, ");", "", "", ");"),
+    ("javascript", "function f(a) {\n  const x = [1, 2].map(|)\n}\n", "arguments", True, ")", "", "", ")"),
+    ("javascriptreact", "const A = () => {\n  return <div>{|}</div>;\n};\n", "line", True, "", "", "", ""),
+    # TypeScript and TSX
+    ("typescript", "function f(a: number): number {\n  return a *|\n}\n", "line", True, "", "", "", ""),
+    ("typescript", "class A {\n  m(x: string) {\n    \n  |\n  }\n}\n", "body", False, "", "", "", ""),
+    ("typescriptreact", "export function A() {\n  const [v, setV] = useState(|);\n}\n", "arguments", True,
+     ");", "", "", ");"),
+    # Go
+    ("go", "package main\n\nfunc f() int {\n\t|\n}\n", "body", False, "", "", "", ""),
+    ("go", "package main\n\nfunc f() {\n\tfmt.Println(|)\n}\n", "arguments", True, ")", "", "", ")"),
+    ("go", "package main\n\nfunc f() {\n\tx := 1\n\t|\n\treturn\n}\n", "block", False, "", "", "", ""),
+    # Rust
+    ("rust", "fn f() {\n    let x = vec![|];\n}\n", "line", True, "];", "", "", "];"),
+    ("rust", "fn f(a: i32) -> i32 {|\n}\n", "body", False, "", "\n    ", "", ""),
+    ("rust", "fn f() {\n    g(|);\n}\n", "arguments", True, ");", "", "", ");"),
+    # Java
+    ("java", "class A {\n    int f(int a) {\n        \n    }\n}\n".replace("        \n", "        |\n"), "body", False,
+     "", "", "", ""),
+    ("java", "class A {\n    void f() {\n        System.out.println(|);\n    }\n}\n", "arguments", True, ");", "", "",
+     ");"),
+    # C and C++
+    ("c", "int f(int a) {\n    if (a|) {\n    }\n}\n", "line", True, "", "", "", ""),
+    ("c", "int f(int a) {\n    return a +|;\n}\n", "line", True, "", "", "", ""),  # `;` is not auto-closed
+    ("typescript", "const o = {|};\n", "line", True, "};", "", "", "};"),
+    ("c", "int f(int a) {|}\n", "body", False, "", "\n    ", "\n", ""),
+    ("cpp", "int f() {\n    std::vector<int> v;\n    |\n    return 0;\n}\n", "block", False, "", "", "", ""),
+    ("cpp", "int f() { // note|\n}\n", "line", True, "", "", "", ""),
+    # No grammar: indentation and brackets only
+    ("lua", "function f()\n  x = g(|)\nend\n", "arguments", True, ")", "", "", ")"),
+    (None, "foo:\n|\n", "body", False, "", "    ", "", ""),
+    ("plaintext", "first line and |\n", "line", True, "", "", "", ""),
+]
+
+
+@pytest.mark.parametrize("language_id, marked, kind, single, replaced, lead, trail, keep", CASES)
+def test_hole_table(language_id, marked, kind, single, replaced, lead, trail, keep) -> None:
+    text, a, b = _split(marked)
+    hole = find_hole(text, a, language_id, b)
+    assert (hole.kind, hole.single_line) == (kind, single)
+    assert text[hole.start : hole.end] == replaced
+    assert (hole.lead, hole.trail, hole.keep) == (lead, trail, keep)
+    assert hole.start == min(a, b if b is not None else a)
+    # The engine sees the document on both sides, with what the server adds around the fill.
+    assert hole.prefix == text[: hole.start] + lead
+    assert hole.suffix == trail + keep + text[hole.end :]
+    budget = {"line": LINE_TOKENS, "arguments": 24, "body": BODY_TOKENS, "block": BLOCK_TOKENS}.get(kind)
+    if budget is not None:
+        assert hole.max_tokens == budget
+
+
+@pytest.mark.parametrize("language_id, marked, kind, single, replaced, lead, trail, keep", CASES)
+def test_filled_hole_parses_as_well_as_before(language_id, marked, kind, single, replaced, lead, trail, keep) -> None:
+    """A plausible fill put through the hole's insert_text lands where a programmer would put it."""
+    text, a, b = _split(marked)
+    hole = find_hole(text, a, language_id, b)
+    spec = languages.spec_for(language_id)
+    if spec is None or kind not in ("body", "block"):
+        return
+    statement = {"python": "pass", "go": "x := 1", "rust": "let x = 1;"}.get(spec.name, "x = 1;")
+    if spec.name == "typescript" or spec.name == "javascript" or spec.name == "tsx":
+        statement = "let y = 1;"
+    if spec.name in ("java", "c", "cpp"):
+        statement = "int y = 1;"
+    filled = text[: hole.start] + hole.insert_text(statement) + text[hole.end :]
+    assert languages.count_syntax_errors(spec, filled) <= languages.count_syntax_errors(spec, text)
+    line_of_fill = filled[: hole.start + len(hole.lead) + 1].rsplit("\n", 1)[-1]
+    assert line_of_fill.startswith(hole.indent) and hole.indent.strip() == ""
+    assert hole.indent != "" or text[: hole.start].rstrip().endswith(":") is False
+
+
+def test_cursor_out_of_range_is_clamped() -> None:
+    text = "x = 1\n"
+    assert find_hole(text, -5, "python").start == 0
+    assert find_hole(text, 10_000, "python").start == len(text)
+
+
+def test_budget_is_capped_by_settings() -> None:
+    hole = find_hole("def f():\n    \n", 13, "python", max_tokens=16)
+    assert hole.max_tokens == 16
+
+
+def test_selection_budget_grows_with_the_selection() -> None:
+    short = find_hole("x = 1\n", 4, "python", 5)
+    long_text = "x = " + "a + " * 60 + "1\n"
+    long = find_hole(long_text, 4, "python", len(long_text) - 1)
+    assert short.max_tokens < long.max_tokens <= BLOCK_TOKENS
+
+
+def test_huge_line_is_clipped_and_not_parsed() -> None:
+    text = "x = [" + "1, " * 2_000_000 + "]\n"
+    hole = find_hole(text, 1000, "python")
+    assert hole.kind == "line" and hole.single_line
+    assert len(hole.prefix) <= PREFIX_CHARS and len(hole.suffix) <= SUFFIX_CHARS
+    assert hole.suffix == text[hole.end :][: len(hole.suffix)]
+
+
+def test_indent_unit_detection() -> None:
+    assert detect_indent_unit("a:\n  b\n  c:\n    d\n") == "  "
+    assert detect_indent_unit("func f() {\n\tx\n}\n") == "\t"
+    assert detect_indent_unit("x\n", default="  ") == "  "
+
+
+def test_every_language_id_has_a_grammar_that_parses() -> None:
+    for language_id in languages.LANGUAGE_IDS:
+        spec = languages.spec_for(language_id)
+        assert spec is not None
+        assert languages.count_syntax_errors(spec, "") == 0
+        assert languages.count_syntax_errors(spec, "(((") > 0
