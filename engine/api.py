@@ -1,0 +1,158 @@
+"""The engine's Python API: load a model once, fill holes from prefix and suffix text."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from engine.config import EngineConfig
+from engine.errors import CheckpointError
+from engine.runner import Runner, pick_device, pick_dtype
+from engine.sampler import SamplerConfig
+from engine.tokenizer import CodeTokenizer
+from engine.window import build_window
+
+MODELS_DIR = Path(__file__).parent / "models"
+BUILTIN_MODEL = "codefill-small"
+
+
+@dataclass
+class FillRequest:
+    """One hole to fill."""
+
+    prefix: str
+    suffix: str
+    max_tokens: int = 32
+    single_line: bool = False
+    steps: int | None = None
+    temperature: float = 0.0
+    seed: int | None = None
+    cancel: threading.Event | None = None
+
+
+@dataclass
+class Fill:
+    """A fill and what it cost."""
+
+    text: str
+    tokens: list[int]
+    forward_passes: int
+    seconds: float
+    span_len: int = 0
+    cut: dict[str, int] = field(default_factory=dict)  # prefix_chars / suffix_chars left out of the window
+
+
+def resolve_model_path(name: str | Path | None) -> Path:
+    """A model directory from a path or a built-in name (None: the built-in model)."""
+    if name is None:
+        name = BUILTIN_MODEL
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return path
+    builtin = MODELS_DIR / str(name)
+    if builtin.is_dir():
+        return builtin
+    known = sorted(p.name for p in MODELS_DIR.iterdir() if p.is_dir()) if MODELS_DIR.is_dir() else []
+    raise CheckpointError(f"{name}: no such model directory (built-in models: {', '.join(known) or 'none'})")
+
+
+class Engine:
+    """A loaded model plus decoding defaults; safe to call from several threads."""
+
+    def __init__(self, runner: Runner, config: EngineConfig, path: Path | None = None) -> None:
+        self.runner = runner
+        self.config = config
+        self.path = path
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path | None = None, device: str = "auto", dtype: str = "auto",
+                        **settings: object) -> "Engine":
+        """Load a model directory (or the built-in model) onto a device; settings override EngineConfig fields."""
+        from engine.checkpoint import load_model  # heavy imports stay lazy for callers that only need types
+
+        known = {f.name for f in dataclasses.fields(EngineConfig)}
+        bad = sorted(set(settings) - known)
+        if bad:
+            raise TypeError(f"unknown engine settings: {', '.join(bad)}")
+        config = EngineConfig(device=device, dtype=dtype, **settings)  # type: ignore[arg-type]
+        model_path = resolve_model_path(path)
+        dev = pick_device(config.device)
+        dt = pick_dtype(config.dtype, dev)
+        model, tok = load_model(model_path, device=str(dev), dtype=dt)
+        if config.extra.get("threads"):
+            torch.set_num_threads(int(config.extra["threads"]))
+        return cls(Runner(model, tok, dev, dt), config, model_path)
+
+    @property
+    def tokenizer(self) -> CodeTokenizer:
+        """The model's tokenizer."""
+        return self.runner.tok
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens the model's tokenizer makes of text."""
+        return len(self.tokenizer.encode(text))
+
+    def sampler_config(self, req: FillRequest) -> SamplerConfig:
+        """Decoding settings for one request: the engine's defaults, overridden by the request."""
+        c = self.config
+        return SamplerConfig(
+            steps=req.steps if req.steps is not None else c.steps,
+            order=c.order, threshold=c.threshold, block=int(c.extra.get("block", 0)),
+            temperature=req.temperature or c.temperature, seed=req.seed, end_penalty=c.end_penalty,
+            min_tokens=int(c.extra.get("min_tokens", 1)),
+        )
+
+    def fill(self, prefix: str, suffix: str, max_tokens: int = 32, *, single_line: bool = False,
+             steps: int | None = None, temperature: float = 0.0, seed: int | None = None,
+             cancel: threading.Event | None = None) -> Fill:
+        """Fill the hole between prefix and suffix with at most max_tokens tokens."""
+        req = FillRequest(prefix, suffix, max_tokens, single_line, steps, temperature, seed, cancel)
+        return self.fill_batch([req])[0]
+
+    def fill_batch(self, requests: list[FillRequest]) -> list[Fill]:
+        """Fill several holes in one pass of forward calls; requests must share steps, temperature and mode."""
+        if not requests:
+            return []
+        tok = self.tokenizer
+        c = self.config
+        windows = []
+        for r in requests:
+            if r.max_tokens < 1:
+                raise ValueError("max_tokens must be at least 1")
+            windows.append(build_window(tok, r.prefix, r.suffix, min(r.max_tokens, c.max_span), c.window, c.max_span))
+        first = requests[0]
+        stop_ids = set(tok.end_ids)
+        if first.single_line:
+            stop_ids |= tok.newline_ids
+        cancel = first.cancel if len(requests) == 1 else _batch_cancel([r.cancel for r in requests])
+        result, seconds = self.runner.run(windows, self.sampler_config(first), sorted(stop_ids), cache=c.cache,
+                                          refresh_every=c.refresh_every, cancel=cancel)
+        fills = []
+        for i, (r, w) in enumerate(zip(requests, windows)):
+            n = min(result.lengths[i], w.span_len)
+            ids = [int(t) for t in result.span[i, :n].tolist()]
+            fills.append(Fill(text=tok.decode(ids), tokens=ids, forward_passes=result.forward_passes,
+                              seconds=seconds, span_len=w.span_len,
+                              cut={"prefix_chars": w.prefix_cut_chars, "suffix_chars": w.suffix_cut_chars}))
+        return fills
+
+
+class _AllOf(threading.Event):
+    """Set when every one of several events is set (a batch stops only when all its requests are cancelled)."""
+
+    def __init__(self, events: list[threading.Event]) -> None:
+        super().__init__()
+        self.events = events
+
+    def is_set(self) -> bool:  # type: ignore[override]
+        return bool(self.events) and all(e.is_set() for e in self.events)
+
+
+def _batch_cancel(events: list[threading.Event | None]) -> threading.Event | None:
+    """An event for a batch: set when all its requests' events are set."""
+    real = [e for e in events if e is not None]
+    return _AllOf(real) if len(real) == len(events) and real else None

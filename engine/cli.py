@@ -1,0 +1,178 @@
+"""`codefill`: fill, eval, bench, train, serve."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+EXTENSION_LANGUAGES = {
+    ".py": "python", ".pyi": "python", ".js": "javascript", ".mjs": "javascript", ".cjs": "javascript",
+    ".jsx": "javascriptreact", ".ts": "typescript", ".tsx": "typescriptreact", ".go": "go", ".rs": "rust",
+    ".java": "java", ".c": "c", ".h": "c", ".cc": "cpp", ".cpp": "cpp", ".cxx": "cpp", ".hpp": "cpp",
+}
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for: printed as one line, exit status 2."""
+
+
+def parse_location(spec: str) -> tuple[Path, int, int]:
+    """FILE:LINE:COL (1-based) -> (path, line, col)."""
+    parts = spec.rsplit(":", 2)
+    if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+        raise UsageError(f"{spec}: expected FILE:LINE:COL with 1-based line and column")
+    line, col = int(parts[1]), int(parts[2])
+    if line < 1 or col < 1:
+        raise UsageError(f"{spec}: line and column start at 1")
+    return Path(parts[0]), line, col
+
+
+def parse_line_col(spec: str) -> tuple[int, int]:
+    """LINE:COL (1-based)."""
+    parts = spec.split(":")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts) or min(int(p) for p in parts) < 1:
+        raise UsageError(f"--to {spec}: expected LINE:COL, 1-based")
+    return int(parts[0]), int(parts[1])
+
+
+def offset_of(text: str, line: int, col: int, what: str) -> int:
+    """Character offset of a 1-based line and column (column counted in characters)."""
+    lines = text.split("\n")
+    if line > len(lines):
+        raise UsageError(f"{what}: line {line} is past the end of the file ({len(lines)} lines)")
+    if col > len(lines[line - 1]) + 1:
+        raise UsageError(f"{what}: column {col} is past the end of line {line} ({len(lines[line - 1])} characters)")
+    return sum(len(s) + 1 for s in lines[: line - 1]) + col - 1
+
+
+def read_source(path: Path) -> str:
+    """A source file as text; UsageError when it is missing or not UTF-8."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise UsageError(f"{path}: is a directory") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+
+
+def cmd_fill(args: argparse.Namespace) -> int:
+    """Print the fill for the hole at FILE:LINE:COL (or the range up to --to)."""
+    from engine.api import Engine
+    from lsp_server.completion import complete_at
+
+    path, line, col = parse_location(args.location)
+    text = read_source(path)
+    start = offset_of(text, line, col, args.location)
+    end = None
+    if args.to:
+        tl, tc = parse_line_col(args.to)
+        end = offset_of(text, tl, tc, f"--to {args.to}")
+        if end < start:
+            raise UsageError(f"--to {args.to} is before {line}:{col}")
+    language = args.language or EXTENSION_LANGUAGES.get(path.suffix.lower())
+    settings = {"steps": args.steps} if args.steps else {}
+    engine = Engine.from_pretrained(args.model, device=args.device, **settings)
+    result = complete_at(engine, text, start, language, selection_end=end, max_tokens=args.max_tokens)
+    if args.json:
+        print(json.dumps(result.to_json(), indent=1))
+    else:
+        sys.stdout.write(result.insert_text if result else "")
+        if result and not result.insert_text.endswith("\n"):
+            sys.stdout.write("\n")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Build the corpus and tokenizer when missing, then train (or resume) a run."""
+    from training.pipeline import prepare_data
+    from training.train import PRESETS, TrainConfig, train
+
+    if args.preset not in PRESETS:
+        raise UsageError(f"--preset must be one of {', '.join(PRESETS)}")
+    data = Path(args.data)
+    prepare_data(data, [Path(p) for p in args.source], Path(args.wheels) if args.wheels else None, args.vocab)
+    cfg = TrainConfig(preset=args.preset, batch_size=args.batch_size, lr=args.lr, minutes=args.minutes,
+                      max_steps=args.max_steps, seed=args.seed, threads=args.threads)
+    train(Path(args.run), data, cfg, args.device)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    p = argparse.ArgumentParser(prog="codefill", description="Code infill with a masked-diffusion model.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    f = sub.add_parser("fill", help="print the fill for the hole at FILE:LINE:COL (1-based)")
+    f.add_argument("location", metavar="FILE:LINE:COL")
+    f.add_argument("--to", metavar="LINE:COL", help="fill the range from FILE:LINE:COL up to here instead")
+    f.add_argument("--max-tokens", type=int, default=None, help="token budget (default: from the hole's kind)")
+    f.add_argument("--steps", type=int, default=0, help="denoising steps (default: from the span length)")
+    f.add_argument("--model", default=None, help="model directory (default: the built-in model)")
+    f.add_argument("--device", default="auto")
+    f.add_argument("--language", default=None, help="language id (default: from the file extension)")
+    f.add_argument("--json", action="store_true", help="print the fill, its range and timings as JSON")
+    f.set_defaults(func=cmd_fill)
+
+    t = sub.add_parser("train", help="train or resume a model")
+    t.add_argument("--run", default="runs/codefill-small", help="run directory (resumed when it exists)")
+    t.add_argument("--data", default="data", help="corpus, tokenizer and token arrays (built when missing)")
+    t.add_argument("--source", action="append", default=[], help="extra source directory (repeatable)")
+    t.add_argument("--wheels", default=None, help="directory of permissively licensed wheels to add")
+    t.add_argument("--vocab", type=int, default=8192)
+    t.add_argument("--preset", default="cpu")
+    t.add_argument("--batch-size", type=int, default=16)
+    t.add_argument("--lr", type=float, default=1.5e-3)
+    t.add_argument("--minutes", type=float, default=60.0)
+    t.add_argument("--max-steps", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--threads", type=int, default=0)
+    t.add_argument("--device", default="auto")
+    t.set_defaults(func=cmd_train)
+
+    for name, module, helptext in [
+        ("eval", "engine.evaluate", "pass@1 and exact match on HumanEval-Infilling and SAFIM"),
+        ("bench", "benchmarks.bench", "latency and tokens/s against baselines"),
+        ("serve", "engine.serve", "run the engine as a resident process for several editors"),
+    ]:
+        s = sub.add_parser(name, help=helptext, add_help=False)
+        s.set_defaults(func=None, delegate=module)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of `codefill`."""
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    try:
+        if getattr(args, "delegate", None):
+            import importlib
+
+            return int(importlib.import_module(args.delegate).main(rest) or 0)
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        return int(args.func(args) or 0)
+    except UsageError as exc:
+        print(f"codefill: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # engine errors and the like: one line, no traceback
+        from engine.errors import EngineError
+
+        if isinstance(exc, (EngineError, ValueError, OSError)):
+            print(f"codefill: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

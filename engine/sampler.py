@@ -1,0 +1,149 @@
+"""The denoising loop: which masked span positions to commit at each step.
+
+The sampler knows nothing of models or devices: it calls `predict(span_ids, step) -> logits [B, K, V]` for the
+span positions of the current state and decides what to commit. That keeps it testable with a fake model.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from engine.errors import FillCancelled
+
+ORDERS = ("confidence", "margin", "entropy", "left-to-right")
+
+
+@dataclass
+class SamplerConfig:
+    """Decoding settings."""
+
+    steps: int = 0  # 0: default_steps(span length)
+    order: str = "confidence"
+    threshold: float = 0.0  # > 0: commit every masked position above this confidence, at least one a step
+    block: int = 0  # > 0: only the first `block` still-masked positions are eligible (semi-autoregressive)
+    temperature: float = 0.0
+    seed: int | None = None
+    end_penalty: float = 0.0  # subtracted from the end tokens' logits
+    min_tokens: int = 1  # positions before this index may not end the fill
+
+    def validate(self) -> None:
+        """Raise ValueError on an impossible setting."""
+        if self.order not in ORDERS:
+            raise ValueError(f"order must be one of {', '.join(ORDERS)}, not {self.order!r}")
+        if self.steps < 0 or self.block < 0 or self.min_tokens < 0:
+            raise ValueError("steps, block and min_tokens must not be negative")
+        if not 0.0 <= self.threshold < 1.0:
+            raise ValueError("threshold must be in [0, 1)")
+        if self.temperature < 0:
+            raise ValueError("temperature must not be negative")
+
+
+@dataclass
+class SampleResult:
+    """Committed span ids [B, K], where each fill ends (index of its first stop token, or K), and passes run."""
+
+    span: Tensor  # [B, K] long
+    lengths: list[int]
+    forward_passes: int
+
+
+def default_steps(span_len: int) -> int:
+    """A small fixed step count: about two tokens a step, between 4 and 32."""
+    return max(4, min(32, math.ceil(span_len / 2)))
+
+
+def _scores(probs: Tensor, pred: Tensor, order: str) -> Tensor:
+    """How sure the model is at each position [B, K]: higher is committed first."""
+    if order == "margin":
+        top2 = probs.topk(2, dim=-1).values  # [B, K, 2]
+        return top2[..., 0] - top2[..., 1]
+    if order == "entropy":
+        return (probs * probs.clamp_min(1e-12).log()).sum(-1)  # negative entropy
+    if order == "left-to-right":
+        k = probs.shape[1]
+        return -torch.arange(k, dtype=probs.dtype, device=probs.device).expand(probs.shape[:2])
+    return probs.gather(-1, pred.unsqueeze(-1)).squeeze(-1)
+
+
+def denoise(
+    predict: Callable[[Tensor, int], Tensor],
+    span: Tensor,  # [B, K] long: mask ids where still to fill; other ids are fixed (e.g. end padding)
+    mask_id: int,
+    stop_ids: Tensor,  # [S] long: ids that end a fill (end tokens; line breaks for single-line fills)
+    end_id: int,
+    cfg: SamplerConfig,
+    cancel: threading.Event | None = None,
+) -> SampleResult:
+    """Unmask the span in cfg.steps steps (or fewer when every fill has ended)."""
+    cfg.validate()
+    span = span.clone()
+    b, k = span.shape
+    steps = cfg.steps or default_steps(k)
+    gen = None
+    if cfg.temperature > 0:
+        gen = torch.Generator(device=span.device)
+        gen.manual_seed(cfg.seed if cfg.seed is not None else torch.seed())
+    positions = torch.arange(k, device=span.device)  # [K]
+    is_stop_id = torch.zeros(int(max(stop_ids.max().item(), mask_id)) + 1, dtype=torch.bool, device=span.device)
+    is_stop_id[stop_ids] = True
+    passes = 0
+    for step in range(steps):
+        if cancel is not None and cancel.is_set():
+            raise FillCancelled("fill cancelled")
+        masked = span == mask_id  # [B, K]
+        # A fill ends at its first committed stop: positions after it no longer matter.
+        stops = (~masked) & _lookup(is_stop_id, span)
+        first_stop = torch.where(stops, positions, k).min(dim=1).values  # [B]
+        live = masked & (positions < first_stop.unsqueeze(1))  # [B, K]
+        if not live.any():
+            break
+        logits = predict(span, step).float()  # [B, K, V]
+        passes += 1
+        logits[..., mask_id] = -math.inf
+        stop_cols = stop_ids[stop_ids < logits.shape[-1]]
+        if cfg.end_penalty:
+            logits[..., stop_cols] -= cfg.end_penalty
+        if cfg.min_tokens:
+            early = positions < cfg.min_tokens  # [K]
+            logits[:, early.nonzero().flatten().unsqueeze(1), stop_cols.unsqueeze(0)] = -math.inf
+        probs = logits.softmax(-1)  # [B, K, V]
+        if cfg.temperature > 0:
+            flat = (logits / cfg.temperature).softmax(-1).view(b * k, -1)
+            pred = torch.multinomial(flat, 1, generator=gen).view(b, k)
+        else:
+            pred = probs.argmax(-1)  # [B, K]
+        score = _scores(probs, pred, cfg.order).masked_fill(~live, -math.inf)  # [B, K]
+        if cfg.block:
+            rank_in_live = live.long().cumsum(1)  # 1-based rank among live positions, left to right
+            score = score.masked_fill(rank_in_live > cfg.block, -math.inf)
+        n_live = live.sum(1)  # [B]
+        left = steps - step
+        if cfg.threshold > 0:
+            conf = probs.gather(-1, pred.unsqueeze(-1)).squeeze(-1)
+            n_commit = ((conf > cfg.threshold) & live).sum(1).clamp_min(1)
+        else:
+            n_commit = torch.div(n_live + left - 1, left, rounding_mode="floor").clamp_min(1)  # ceil
+        order = score.argsort(dim=1, descending=True)  # [B, K]
+        rank = torch.empty_like(order)
+        rank.scatter_(1, order, positions.expand(b, k))
+        commit = (rank < n_commit.unsqueeze(1)) & live & torch.isfinite(score)
+        if step == steps - 1:
+            commit = live
+        span = torch.where(commit, pred, span)
+    # Whatever is still masked after the last step (only possible past a stop) is padding.
+    stops = _lookup(is_stop_id, span) & (span != mask_id)
+    first_stop = torch.where(stops, positions, k).min(dim=1).values
+    span = torch.where(span == mask_id, torch.full_like(span, end_id), span)
+    return SampleResult(span=span, lengths=first_stop.tolist(), forward_passes=passes)
+
+
+def _lookup(table: Tensor, ids: Tensor) -> Tensor:
+    """table[ids] for ids that may exceed the table (False there)."""
+    inside = ids < table.numel()
+    return torch.where(inside, table[ids.clamp_max(table.numel() - 1)], torch.zeros_like(inside))

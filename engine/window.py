@@ -1,0 +1,98 @@
+"""Lay out prefix + [MASK]*k + suffix in one window of at most `window` tokens, cut at line boundaries."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from engine.tokenizer import CodeTokenizer
+
+# Characters of context kept before tokenizing: far more than a window needs, so a 5 MB file costs no more
+# than a small one.
+CHARS_PER_TOKEN_MAX = 16
+
+
+@dataclass
+class Window:
+    """One request's token layout and what was cut to fit it."""
+
+    prefix_ids: list[int]
+    span_len: int
+    suffix_ids: list[int]
+    prefix_cut_chars: int  # characters of the prefix left out (from its start)
+    suffix_cut_chars: int  # characters of the suffix left out (from its end)
+
+    def ids_with(self, mask_id: int) -> list[int]:
+        """prefix + [mask] * span_len + suffix."""
+        return self.prefix_ids + [mask_id] * self.span_len + self.suffix_ids
+
+    @property
+    def span_start(self) -> int:
+        """Index of the span's first position."""
+        return len(self.prefix_ids)
+
+    @property
+    def length(self) -> int:
+        """Tokens in the window."""
+        return len(self.prefix_ids) + self.span_len + len(self.suffix_ids)
+
+
+def _keep_tail(ids: list[int], quota: int, newline_ids: frozenset[int]) -> int:
+    """Index from which to keep ids so at most quota remain, starting at a line start where possible."""
+    if len(ids) <= quota:
+        return 0
+    first = len(ids) - quota
+    for i in range(first, len(ids)):
+        if ids[i - 1] in newline_ids:
+            return i
+    return first  # the last line alone is longer than the quota: cut inside it
+
+
+def _keep_head(ids: list[int], quota: int, newline_ids: frozenset[int]) -> int:
+    """How many ids to keep from the start, at most quota, ending after a line break where possible."""
+    if len(ids) <= quota:
+        return len(ids)
+    for j in range(quota, 0, -1):
+        if ids[j - 1] in newline_ids:
+            return j
+    return quota
+
+
+def build_window(tok: CodeTokenizer, prefix: str, suffix: str, span_len: int, window: int = 256,
+                 max_span: int = 128) -> Window:
+    """Fit prefix, span and suffix into window tokens.
+
+    The suffix gets up to a third of the context budget (more if the prefix is short) and is never dropped while
+    it has text; the prefix gets the rest. Both are cut at line boundaries when a whole line fits.
+    """
+    if span_len < 1:
+        raise ValueError("span_len must be at least 1")
+    span_len = min(span_len, max_span, window - 2)
+    budget = window - span_len
+    char_cap = budget * CHARS_PER_TOKEN_MAX
+    pre_text = prefix[-char_cap:]
+    cut_pre = len(prefix) - len(pre_text)
+    if cut_pre:  # start the kept text at a line start if one is near
+        nl = pre_text.find("\n")
+        if 0 <= nl < len(pre_text) // 2:
+            pre_text = pre_text[nl + 1 :]
+            cut_pre = len(prefix) - len(pre_text)
+    suf_text = suffix[:char_cap]
+    cut_suf = len(suffix) - len(suf_text)
+
+    pre_ids, pre_off = tok.encode_with_offsets(pre_text)
+    suf_ids, suf_off = tok.encode_with_offsets(suf_text)
+    suf_quota = min(len(suf_ids), max(budget // 3, budget - len(pre_ids)))
+    if suf_ids and suf_quota == 0:
+        suf_quota = 1
+    pre_quota = budget - suf_quota
+    start = _keep_tail(pre_ids, pre_quota, tok.newline_ids)
+    if start:
+        cut_pre += pre_off[start][0]
+    pre_ids = pre_ids[start:]
+    # Give what the prefix left unused back to the suffix.
+    suf_quota = budget - len(pre_ids)
+    end = _keep_head(suf_ids, suf_quota, tok.newline_ids)
+    if end < len(suf_ids):
+        cut_suf += len(suf_text) - suf_off[end - 1][1] if end else len(suf_text)
+    suf_ids = suf_ids[:end]
+    return Window(pre_ids, span_len, suf_ids, cut_pre, cut_suf)
