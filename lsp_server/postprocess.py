@@ -60,16 +60,10 @@ def _line_before(hole: Hole, document: str) -> str:
 
 
 def _shape_lines(hole: Hole, fill: str) -> str:
-    """Keep a multi-line fill inside its block: indent it like the block, stop where it leaves."""
+    """Keep a multi-line fill inside its block: stop at the first line indented less than the block."""
     lines = fill.split("\n")
-    if len(lines) == 1:
-        return fill
-    width = len(hole.indent)
-    later = [ln for ln in lines[1:] if ln.strip()]
-    if later and width and min(_indent_width(ln) for ln in later) == 0 and hole.kind != "selection":
-        # The model wrote the block's lines relative to it: indent them like the block.
-        lines = lines[:1] + [hole.indent + ln if ln.strip() else ln for ln in lines[1:]]
     if hole.kind in ("block", "body"):
+        width = len(hole.indent)
         for i in range(1, len(lines)):
             if lines[i].strip() and _indent_width(lines[i]) < width:
                 lines = lines[:i]  # the block ends here; what follows is code already after it
@@ -132,13 +126,18 @@ def _filled(document: str, hole: Hole, fill: str) -> str:
 def _repairs(fill: str) -> list[str]:
     """Shorter or balanced versions of a fill to try when it breaks the parse."""
     out: list[str] = []
-    _, unclosed = bracket_scan(fill)
+    unmatched, unclosed = bracket_scan(fill)
     if unclosed:
         out.append(fill + "".join(_CLOSE_OF[c] for c in reversed(unclosed)))
+    if unmatched:
+        trimmed = fill.rstrip()
+        while trimmed and trimmed[-1] in _OPEN_OF:
+            trimmed = trimmed[:-1].rstrip()
+        out.append(trimmed)
     lines = fill.split("\n")
     for n in range(len(lines) - 1, 0, -1):
         out.append("\n".join(lines[:n]).rstrip())
-    return [c for c in dict.fromkeys(out) if c.strip()][:_MAX_REPAIRS]
+    return [c for c in dict.fromkeys(out) if c.strip() and c != fill][:_MAX_REPAIRS]
 
 
 def postprocess(
@@ -151,7 +150,8 @@ def postprocess(
     """The insert text for a hole (lead + fill + trail + keep), or None when nothing good remains.
 
     A fill that leaves the document parsing worse than before (more ERROR/MISSING nodes) is
-    repaired (closed brackets, fewer lines) or dropped.
+    dropped, or repaired (brackets closed, stray closers dropped, fewer lines) when a repair
+    parses no worse; the repair that parses best wins.
     """
     fill = clean_fill(hole, fill, document)
     if not fill.strip():
@@ -162,8 +162,13 @@ def postprocess(
         errors_before = languages.count_syntax_errors(spec, document)
     if errors_before is None:
         return hole.insert_text(fill)  # too large to check
+    best, best_errors = None, errors_before + 1
     for candidate in [fill, *_repairs(fill)]:
         after = languages.count_syntax_errors(spec, _filled(document, hole, candidate))
-        if after is None or after <= errors_before:
+        if after is None:
             return hole.insert_text(candidate)
-    return None
+        if after < best_errors:
+            best, best_errors = candidate, after
+        if after == 0 or (candidate is fill and after < errors_before):
+            break
+    return hole.insert_text(best) if best is not None else None

@@ -1,0 +1,94 @@
+"""Post-processing of fills: no repeats of the suffix, auto-closed brackets, indentation, syntax check."""
+
+from __future__ import annotations
+
+import pytest
+
+from lsp_server import languages
+from lsp_server.holes import find_hole
+from lsp_server.postprocess import bracket_scan, postprocess
+
+
+def _apply(language_id: str | None, marked: str, fill: str) -> tuple[str | None, str | None]:
+    """(insert text, document after the insert) for a raw engine fill at `|`."""
+    text, offset = marked.replace("|", ""), marked.index("|")
+    hole = find_hole(text, offset, language_id)
+    insert = postprocess(hole, fill, text, languages.spec_for(language_id))
+    if insert is None:
+        return None, None
+    return insert, text[: hole.start] + insert + text[hole.end :]
+
+
+# (languageId, marked document, raw fill, expected document after, or None when the fill is dropped)
+CASES = [
+    # The model writes the auto-closed bracket again: it is replaced, not doubled.
+    ("python", "x = foo(|)\n", "a, b)", "x = foo(a, b)\n"),
+    ("python", "x = foo(|)\n", "a, b", "x = foo(a, b)\n"),
+    ("python", "x = foo(|)\n", "bar(a))", "x = foo(bar(a))\n"),
+    ("javascript", "f(|);\n", "a, b);", "f(a, b);\n"),
+    ("rust", "fn f() {\n    let v = vec![|];\n}\n", "1, 2, 3]", "fn f() {\n    let v = vec![1, 2, 3];\n}\n"),
+    # Unclosed brackets in the fill are closed rather than breaking the file.
+    ("python", "x = foo(|)\n", "a, (b", "x = foo(a, (b))\n"),
+    # A stray closer that would break the parse is dropped.
+    ("python", "def f(a):\n    return a +|\n", " 1)", "def f(a):\n    return a + 1\n"),
+    # The rest of the line, repeated by the model, is not doubled.
+    ("c", "int f(int a) {\n    return a +|;\n}\n", " 1;", "int f(int a) {\n    return a + 1;\n}\n"),
+    # Lines that repeat the code below the hole are cut off.
+    ("python", "def f(a):\n    |\n    return x\n", "x = a * 2\n    return x", "def f(a):\n    x = a * 2\n    return x\n"),
+    ("javascript", "function f(a) {|}\n", "return a;\n}", "function f(a) {\n  return a;\n}\n"),
+    ("go", "package main\n\nfunc f() int {\n\t|\n}\n", "return 1\n}", "package main\n\nfunc f() int {\n\treturn 1\n}\n"),
+    # A fill that is only the next line again is dropped.
+    ("python", "def f(a):\n    |\n    return x\n", "return x", None),
+    # Multi-line fills stay inside the block they start in.
+    ("python", "def f(a):\n|\n\ndef g():\n    pass\n", "return a\n\ndef g():\n    pass",
+     "def f(a):\n    return a\n\ndef g():\n    pass\n"),
+    ("python", "def f(a):|\n", "\n    y = a\n    return y\nprint(2)", "def f(a):\n    y = a\n    return y\n"),
+    ("javascript", "function f(a) {\n  |\n}\n", "if (a) {\n    return 1;\n  }\n  return 2;\n}",
+     "function f(a) {\n  if (a) {\n    return 1;\n  }\n  return 2;\n}\n"),
+    # A single-line hole keeps one line.
+    ("python", "x = |\n", "1\ny = 2", "x = 1\n"),
+    # An empty fill, or one that cannot be made to parse, is no fill.
+    ("python", "x = |\n", "", None),
+    ("python", "def f(a):\n    |\n", "return )(", None),
+]
+
+
+@pytest.mark.parametrize("language_id, marked, fill, expected", CASES)
+def test_postprocess_table(language_id, marked, fill, expected) -> None:
+    _, after = _apply(language_id, marked, fill)
+    assert after == expected
+    if after is not None:
+        spec = languages.spec_for(language_id)
+        before_text = marked.replace("|", "")
+        assert languages.count_syntax_errors(spec, after) <= languages.count_syntax_errors(spec, before_text)
+
+
+def test_fill_never_parses_worse_than_before() -> None:
+    """Whatever the model writes, the accepted insert leaves no more syntax errors than there were."""
+    marked = "def f(a, b):\n    total = 0\n    |\n    return total\n"
+    text = marked.replace("|", "")
+    spec = languages.spec_for("python")
+    before = languages.count_syntax_errors(spec, text)
+    for fill in ["for x in a:\n        total += x", "if (a:\n        pass", "]]]", "total += (a", "'''", "x = [1,\n"]:
+        hole = find_hole(text, marked.index("|"), "python")
+        insert = postprocess(hole, fill, text, spec)
+        if insert is not None:
+            after = text[: hole.start] + insert + text[hole.end :]
+            assert languages.count_syntax_errors(spec, after) <= before, (fill, insert)
+
+
+def test_multi_line_fill_keeps_block_indentation() -> None:
+    insert, after = _apply("python", "class A:\n    def f(self):\n        |\n", "x = 1\n        y = 2\n        return x + y")
+    assert after == "class A:\n    def f(self):\n        x = 1\n        y = 2\n        return x + y\n"
+    assert insert is not None and all(line.startswith("        ") for line in insert.split("\n")[1:])
+
+
+def test_unknown_language_skips_the_syntax_check_but_still_dedupes() -> None:
+    _, after = _apply("lua", "x = f(|)\n", "a, b)")
+    assert after == "x = f(a, b)\n"
+
+
+def test_bracket_scan_ignores_strings() -> None:
+    assert bracket_scan("f(')', a") == ("", "(")
+    assert bracket_scan("a)]") == (")]", "")
+    assert bracket_scan("[x](y)") == ("", "")
