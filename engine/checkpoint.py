@@ -237,28 +237,32 @@ def _model_config(raw: dict[str, Any], family: str, config_path: Path) -> ModelC
     return external.translate_config(raw, family, str(config_path))
 
 
-def _resolve_mask_token(raw: dict[str, Any], cfg: ModelConfig, tok: Tokenizer) -> str:
-    """The mask token string: the family's, unless config.json names a different mask_token_id."""
-    wanted = raw.get("mask_token_id") if cfg.family != external.CODEFILL else None
+def _resolve_mask_token(layout: str, raw: dict[str, Any], cfg: ModelConfig, tok: Tokenizer) -> str:
+    """The mask token string.
+
+    Our format stores it in config.json (mask_token). An external family uses its own name (FAMILY_TOKENS), unless
+    its config.json's mask_token_id points at a different token, which then wins.
+    """
+    if layout == external.CODEFILL:
+        return cfg.mask_token
+    wanted = raw.get("mask_token_id")
+    names = FAMILY_TOKENS[cfg.family]["mask"]
     if isinstance(wanted, int) and not isinstance(wanted, bool):
-        for name in FAMILY_TOKENS.get(cfg.family, {}).get("mask", []):
+        for name in names:
             if tok.token_to_id(name) == wanted:
                 return name
         token = tok.id_to_token(wanted)
         if token is not None:
             return token
-    if cfg.family == external.CODEFILL:
-        return cfg.mask_token
-    names = FAMILY_TOKENS[cfg.family]["mask"]
     return next((t for t in names if tok.token_to_id(t) is not None), names[0])
 
 
-def _code_tokenizer(raw: dict[str, Any], cfg: ModelConfig, tok: Tokenizer, tok_path: Path) -> CodeTokenizer:
-    mask = _resolve_mask_token(raw, cfg, tok)
-    if cfg.family == external.CODEFILL:
-        ends = [cfg.end_token]
-    else:
-        ends = list(FAMILY_TOKENS[cfg.family]["end"])
+def _code_tokenizer(layout: str, raw: dict[str, Any], cfg: ModelConfig, tok: Tokenizer, tok_path: Path) -> CodeTokenizer:
+    """CodeTokenizer with the mask and end tokens of the model; cfg.mask_token/end_token are set to what was found."""
+    mask = _resolve_mask_token(layout, raw, cfg, tok)
+    family_ends = FAMILY_TOKENS.get(cfg.family, {}).get("end", [])
+    ends = [cfg.end_token, *family_ends] if layout == external.CODEFILL else list(family_ends)
+    ends = list(dict.fromkeys(ends))
     try:
         code_tok = CodeTokenizer(tok, mask, ends)
     except TokenizerError as exc:
@@ -273,15 +277,21 @@ def _code_tokenizer(raw: dict[str, Any], cfg: ModelConfig, tok: Tokenizer, tok_p
     return code_tok
 
 
-def _name_map(cfg: ModelConfig, expected: dict[str, torch.Size]) -> tuple[dict[str, str], dict[str, str]]:
-    """(checkpoint name -> our name for required tensors, ignorable name -> our name it has the shape of)."""
-    if cfg.family == external.CODEFILL:
+def _name_map(
+    layout: str, cfg: ModelConfig, expected: dict[str, torch.Size]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """(checkpoint name -> our name for required tensors, ignorable name -> our name it has the shape of).
+
+    layout is the directory's format (from model_type), not cfg.family: an external model saved by save_model
+    keeps its family but has our names.
+    """
+    if layout == external.CODEFILL:
         names = {k: k for k in expected if not (cfg.tie_embeddings and k == "lm_head.weight")}
         return names, {}
     return external.tensor_name_map(cfg), external.ignorable_tensors(cfg)
 
 
-def _match(entries: dict[str, TensorEntry], names: dict[str, str], ignorable: dict[str, str],
+def _match(layout: str, entries: dict[str, TensorEntry], names: dict[str, str], ignorable: dict[str, str],
            expected: dict[str, torch.Size], root: Path) -> None:
     """Check names and shapes from the headers alone, before any data is read."""
     for name, entry in entries.items():
@@ -292,7 +302,9 @@ def _match(entries: dict[str, TensorEntry], names: dict[str, str], ignorable: di
         elif external.is_ignorable_buffer(name):
             continue
         else:
-            raise CheckpointError(f"{entry.file}: unexpected tensor {name!r} (not part of a {_family_label(names)} model of this config)")
+            raise CheckpointError(
+                f"{entry.file}: unexpected tensor {name!r} (not part of a {_LAYOUT_LABELS[layout]} model of this config)"
+            )
         want = tuple(expected[ours])
         if entry.shape != want:
             raise CheckpointError(
@@ -310,13 +322,12 @@ def _match(entries: dict[str, TensorEntry], names: dict[str, str], ignorable: di
         raise CheckpointError(f"{', '.join(where)}: missing tensor {missing[0]!r}{more}")
 
 
-def _family_label(names: dict[str, str]) -> str:
-    first = next(iter(names), "")
-    if first.startswith("model.transformer."):
-        return "LLaDA"
-    if first.startswith("model."):
-        return "Qwen2/Dream"
-    return "codefill"
+_LAYOUT_LABELS = {
+    external.CODEFILL: "codefill",
+    external.LLADA: "LLaDA",
+    external.DREAM: "Dream",
+    external.OPEN_DCODER: "Open-dCoder (Qwen2)",
+}
 
 
 def _target_dtype(entries: dict[str, TensorEntry], names: dict[str, str], dtype: torch.dtype | str | None) -> torch.dtype:
@@ -349,16 +360,16 @@ def load_model(
     raw = _read_json(config_path, "config.json")
     tok_path = root / TOKENIZER_FILE
     tok = _load_tokenizer_file(tok_path)
-    family = _detect_family(raw, tok, config_path, tok_path)
-    cfg = _model_config(raw, family, config_path)
+    layout = _detect_family(raw, tok, config_path, tok_path)  # the directory's format: codefill or a family
+    cfg = _model_config(raw, layout, config_path)
     entries = _weight_files(root)
-    code_tok = _code_tokenizer(raw, cfg, tok, tok_path)
+    code_tok = _code_tokenizer(layout, raw, cfg, tok, tok_path)
 
     with torch.device("meta"):
         model = DiffusionLM(cfg)
     expected = {k: v.shape for k, v in model.state_dict().items()}
-    names, ignorable = _name_map(cfg, expected)
-    _match(entries, names, ignorable, expected, root)
+    names, ignorable = _name_map(layout, cfg, expected)
+    _match(layout, entries, names, ignorable, expected, root)
     target = _target_dtype(entries, names, dtype)
     dev = torch.device(device)
 
