@@ -1,0 +1,111 @@
+"""The runner: context cache against the uncached path, batching against single requests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.api import Engine, FillRequest
+from engine.checkpoint import load_model
+from engine.model import DiffusionLM
+from engine.runner import Runner, lay_out
+from engine.sampler import SamplerConfig
+from engine.window import build_window
+
+PREFIX = "class Point:\n    def __init__(self, x, y):\n        self.x = x\n"
+SUFFIX = "\n\n    def norm(self):\n        return (self.x ** 2 + self.y ** 2) ** 0.5\n"
+
+
+@pytest.fixture(scope="module")
+def runner(tiny_model_dir: Path) -> Runner:
+    model, tok = load_model(tiny_model_dir)
+    return Runner(model, tok, torch.device("cpu"), torch.float32)
+
+
+def logits_trace(runner: Runner, cache: bool, refresh: int, shift: int = 0) -> list[torch.Tensor]:
+    """Run 6 steps and record the logits the sampler saw at each."""
+    seen: list[torch.Tensor] = []
+    original = runner.model.forward
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        out = original(*args, **kwargs)
+        seen.append(out[0])
+        return out
+
+    runner.model.forward = spy  # type: ignore[method-assign]
+    runner.shift = shift
+    try:
+        w = build_window(runner.tok, PREFIX, SUFFIX, 12)
+        runner.run([w], SamplerConfig(steps=6, min_tokens=12), [runner.tok.end_id], cache=cache,
+                   refresh_every=refresh)
+    finally:
+        runner.model.forward = original  # type: ignore[method-assign]
+        runner.shift = runner.model.cfg.logits_shift
+    return seen
+
+
+@pytest.mark.parametrize("shift", [0, 1])
+def test_cache_refreshed_every_step_equals_uncached(runner: Runner, shift: int) -> None:
+    a = logits_trace(runner, cache=False, refresh=1, shift=shift)
+    b = logits_trace(runner, cache=True, refresh=1, shift=shift)
+    assert len(a) == len(b) == 6
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)
+
+
+@pytest.mark.parametrize("shift", [0, 1])
+def test_block_step_matches_full_forward_on_the_span(runner: Runner, shift: int) -> None:
+    """With a cache filled from the same ids, recomputing only the span gives the full pass's span logits."""
+    model: DiffusionLM = runner.model
+    w = build_window(runner.tok, PREFIX, SUFFIX, 12)
+    lay = lay_out([w], runner.tok.mask_id, runner.tok.pad_id, torch.device("cpu"))
+    s0, k = lay.span_start, lay.span_len
+    with torch.no_grad():
+        full, kv = model(lay.ids, positions=lay.positions, key_mask=lay.key_mask, fill_cache=True)
+        lo = s0 - shift
+        block, _ = model(lay.ids[:, lo : s0 + k], positions=lay.positions[:, lo : s0 + k], key_mask=lay.key_mask,
+                         cache=kv, start=lo)
+    torch.testing.assert_close(block, full[:, lo : s0 + k], rtol=1e-4, atol=1e-5)
+
+
+def test_cached_steps_differ_from_stale_context_only_slightly(runner: Runner) -> None:
+    """Between refreshes the context's keys are stale; the fill is still a real decode of every position."""
+    trace = logits_trace(runner, cache=True, refresh=4)
+    assert len(trace) == 6
+    assert trace[1].shape[1] == 12  # a cached step computes only the span
+
+
+def test_batch_equals_single_requests(tiny_model_dir: Path) -> None:
+    eng = Engine.from_pretrained(tiny_model_dir, steps=4, cache=False)
+    reqs = [
+        FillRequest("def add(a, b):\n    ", "\n", 8),
+        FillRequest(PREFIX, SUFFIX, 16),
+        FillRequest("x = ", "", 4),
+    ]
+    batched = eng.fill_batch(reqs)
+    for r, f in zip(reqs, batched):
+        single = eng.fill(r.prefix, r.suffix, r.max_tokens)
+        assert single.tokens == f.tokens
+        assert len(f.tokens) <= r.max_tokens
+
+
+def test_fill_reports_cost_and_cuts(tiny_model_dir: Path) -> None:
+    eng = Engine.from_pretrained(tiny_model_dir, steps=4)
+    f = eng.fill("y = 1\n" * 2000, "z = 2\n" * 2000, 8)
+    assert 1 <= f.forward_passes <= 4 and f.seconds > 0
+    assert f.cut["prefix_chars"] > 0 and f.cut["suffix_chars"] > 0
+    assert eng.count_tokens("x = 1\n") > 0
+
+
+def test_single_line_fill_has_no_line_break(tiny_model_dir: Path) -> None:
+    eng = Engine.from_pretrained(tiny_model_dir, steps=8)
+    for seed_prefix in ["def f():\n    ", "x = [", "import "]:
+        f = eng.fill(seed_prefix, "\n", 16, single_line=True)
+        assert "\n" not in f.text
+
+
+def test_unknown_setting_is_an_error(tiny_model_dir: Path) -> None:
+    with pytest.raises(TypeError):
+        Engine.from_pretrained(tiny_model_dir, stepz=4)
