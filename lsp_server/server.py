@@ -402,6 +402,7 @@ class CodefillServer(LanguageServer):
                 if budget >= 4:
                     attempts.append((budget, 0.0, None))
             attempts += [(hole.max_tokens, 0.8, seed) for seed in range(1, candidates + 1)]
+            attempts = attempts[: candidates + 1]  # a few engine calls at most, even when fills repeat
         inserts: list[str] = []
         for budget, temperature, seed in attempts:
             if len(inserts) >= candidates or job.cancel.is_set():

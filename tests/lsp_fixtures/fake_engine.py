@@ -32,7 +32,7 @@ class FakeFill:
 
 class FakeEngine:
     def __init__(self) -> None:
-        self.calls = 0
+        self.calls: dict[str, int] = {}  # per prefix + suffix: a list marker gives one item per call
 
     def count_tokens(self, text: str) -> int:
         return max(1, len(text) // 3)
@@ -40,9 +40,9 @@ class FakeEngine:
     def fill(self, prefix: str, suffix: str, max_tokens: int = 32, *, single_line: bool = False,
              steps: int | None = None, temperature: float = 0.0, seed: int | None = None,
              cancel: threading.Event | None = None) -> FakeFill:
-        index = self.calls
-        self.calls += 1
         context = prefix + suffix
+        index = self.calls.get(context, 0)
+        self.calls[context] = index + 1
         log = os.environ.get("CODEFILL_FAKE_LOG")
         if log:
             with open(log, "a", encoding="utf-8") as f:

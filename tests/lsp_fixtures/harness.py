@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -53,11 +54,13 @@ async def start_server(
         client.applied_edits.append(params)  # type: ignore[attr-defined]
         return types.ApplyWorkspaceEditResult(applied=True)
 
-    await client.initialize_session(
+    started = time.monotonic()
+    client.init_result = await client.initialize_session(  # type: ignore[attr-defined]
         types.InitializeParams(
             capabilities=capabilities, initialization_options=init_options, root_uri=REPO.as_uri()
         )
     )
+    client.init_seconds = time.monotonic() - started  # type: ignore[attr-defined]
     if wait_ready:
         await wait_for_progress_end(client)
     return client
@@ -131,3 +134,20 @@ def apply_text_edit(text: str, edit_range: types.Range, new_text: str) -> str:
     a = offset_at(text, Pos(edit_range.start.line, edit_range.start.character))
     b = offset_at(text, Pos(edit_range.end.line, edit_range.end.character))
     return text[:a] + new_text + text[b:]
+
+
+async def raw_request(client: LanguageClient, method: str, params: Any) -> Any:
+    """Send a request exactly as given (no client-side types) and return the raw result; errors raise."""
+    import concurrent.futures
+    import inspect
+    import json
+    import uuid
+
+    msg_id = f"raw-{uuid.uuid4()}"
+    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    client.protocol._request_futures[msg_id] = future
+    body = json.dumps({"jsonrpc": "2.0", "id": msg_id, "method": method, "params": params}).encode()
+    written = client.protocol.writer.write(b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    if inspect.isawaitable(written):
+        await written
+    return await asyncio.wait_for(asyncio.wrap_future(future), timeout=30)
