@@ -1,0 +1,219 @@
+"""Start-up, model loading, settings, logs, debounce, and raw protocol abuse, each on a fresh server process."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from lsprotocol import types
+
+from tests.lsp_fixtures.harness import (
+    FAKE_ENGINE,
+    PROGRESS_TOKEN,
+    REPO,
+    change_doc,
+    inline,
+    open_doc,
+    rng,
+    server_env,
+    start_server,
+    stop_server,
+    wait_for_progress_end,
+)
+
+FAKE = ["--engine-factory", FAKE_ENGINE]
+
+
+def test_server_modules_do_not_import_torch() -> None:
+    code = "import sys, lsp_server.cli, lsp_server.server; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=server_env(), cwd=REPO)
+    assert out.stdout.strip() == "False", out.stderr
+
+
+async def test_initialize_is_fast_and_requests_before_the_model_are_null() -> None:
+    client = await start_server(FAKE + ["--debounce-ms", "0"], env={"CODEFILL_FAKE_LOAD_SECONDS": "2"},
+                                wait_ready=False)
+    try:
+        assert client.init_seconds < 1.0
+        uri = "file:///early.py"
+        open_doc(client, uri, '# codefill-fake: "1"\nx = \n')
+        started = time.monotonic()
+        assert await inline(client, uri, 1, 4) is None
+        assert time.monotonic() - started < 0.5  # answered at once, not after the load
+        end = await wait_for_progress_end(client)
+        reports = client.progress_reports[PROGRESS_TOKEN]
+        assert isinstance(reports[0], types.WorkDoneProgressBegin) and end.message == "model ready"
+        result = await inline(client, uri, 1, 4)
+        assert result is not None and result.items[0].insert_text == "1"
+    finally:
+        await stop_server(client)
+
+
+async def test_broken_model_is_one_error_message_and_the_server_lives() -> None:
+    client = await start_server(FAKE + ["--model", "/nowhere/broken-model"])
+    try:
+        errors = [m for m in client.messages if m.type == types.MessageType.Error]
+        assert len(errors) == 1 and "CheckpointError" in errors[0].message
+        uri = "file:///nomodel.py"
+        open_doc(client, uri, '# codefill-fake: "1"\nx = \n')
+        assert await inline(client, uri, 1, 4) is None
+        assert len([m for m in client.messages if m.type == types.MessageType.Error]) == 1
+    finally:
+        await stop_server(client)
+
+
+async def test_bad_settings_get_one_message_and_the_defaults(tmp_path: Path) -> None:
+    client = await start_server(
+        FAKE, init_options={"debounceMs": "soon", "steps": -3, "maxTokens": 8, "enabled": True},
+    )
+    try:
+        warnings = [m for m in client.messages if m.type == types.MessageType.Warning]
+        assert len(warnings) == 1
+        assert "debounceMs='soon'" in warnings[0].message and "steps=-3" in warnings[0].message
+        uri = "file:///settings.py"
+        open_doc(client, uri, '# codefill-fake: "1"\nx = \n')
+        assert (await inline(client, uri, 1, 4)).items[0].insert_text == "1"
+
+        client.workspace_did_change_configuration(
+            types.DidChangeConfigurationParams(settings={"codefill": {"enabled": "nope", "languages": ["go"]}})
+        )
+        await asyncio.sleep(0.3)
+        assert len([m for m in client.messages if m.type == types.MessageType.Warning]) == 2
+        assert await inline(client, uri, 1, 4) is None  # languages: only go now
+
+        log_path = tmp_path / "no" / "such" / "dir" / "codefill.log"
+        client.workspace_did_change_configuration(
+            types.DidChangeConfigurationParams(settings={"languages": None, "logFile": str(log_path)})
+        )
+        await asyncio.sleep(0.3)
+        assert any(str(log_path) in m.message and m.type == types.MessageType.Warning for m in client.log_messages)
+        assert (await inline(client, uri, 1, 4)).items[0].insert_text == "1"
+    finally:
+        await stop_server(client)
+
+
+async def test_log_file_from_the_command_line(tmp_path: Path) -> None:
+    log_path = tmp_path / "server.log"
+    client = await start_server(FAKE + ["--log-file", str(log_path), "-v"])
+    try:
+        uri = "file:///logged.py"
+        open_doc(client, uri, '# codefill-fake: "1"\nx = \n')
+        await inline(client, uri, 1, 4)
+    finally:
+        await stop_server(client)
+    text = log_path.read_text()
+    assert "model ready" in text and "fill file:///logged.py" in text
+
+
+async def test_stale_request_never_reaches_the_engine(tmp_path: Path) -> None:
+    calls = tmp_path / "calls.jsonl"
+    client = await start_server(FAKE + ["--debounce-ms", "400"], env={"CODEFILL_FAKE_LOG": str(calls)})
+    try:
+        uri = "file:///stale.py"
+        open_doc(client, uri, '# codefill-fake: "1"\nx = \n')
+        request = asyncio.ensure_future(inline(client, uri, 1, 4))
+        await asyncio.sleep(0.1)
+        change_doc(client, uri, 2, rng((1, 4), (1, 4)), "2")  # the user typed during the debounce
+        assert await request is None
+        assert not calls.exists()
+        result = await inline(client, uri, 1, 5)  # after the pause: a fill
+        assert result is not None and calls.exists()
+    finally:
+        await stop_server(client)
+
+
+def _frame(message: dict | bytes) -> bytes:
+    body = message if isinstance(message, bytes) else json.dumps(message).encode()
+    return b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+
+def _read_message(stream) -> dict:
+    length = 0
+    while True:
+        line = stream.readline()
+        if not line:
+            raise EOFError("the server closed its output")
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+        if line in (b"\r\n", b"\n") and length:
+            return json.loads(stream.read(length))
+
+
+def _responses(stream, wanted: set) -> dict:
+    got: dict = {}
+    while not wanted <= set(got):
+        msg = _read_message(stream)
+        if "method" not in msg:
+            got[msg.get("id")] = msg
+    return got
+
+
+def test_malformed_json_rpc_on_stdin_is_answered_and_survived() -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "lsp_server", *FAKE], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=server_env(), cwd=REPO)
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        send = lambda data: (proc.stdin.write(_frame(data)), proc.stdin.flush())  # noqa: E731
+        send({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"capabilities": {}}})
+        assert "capabilities" in _responses(proc.stdout, {1})[1]["result"]
+        send(b'{"jsonrpc": "2.0", "id": 2, "method": ')  # cut short
+        send(b"\xff\xfe not even utf-8")
+        send({"jsonrpc": "2.0", "id": 3, "method": "textDocument/inlineCompletion", "params": {"bad": 1}})
+        send({"jsonrpc": "2.0", "id": 4, "method": "codefill/noSuchMethod", "params": {}})
+        send({"jsonrpc": "2.0", "id": 5, "method": "textDocument/inlineCompletion",
+              "params": {"textDocument": {"uri": "file:///x.py"}, "position": {"line": 0, "character": 0},
+                         "context": {"triggerKind": 1}}})
+        send({"jsonrpc": "2.0", "id": 6, "method": "shutdown"})
+        got = _responses(proc.stdout, {None, 3, 4, 5, 6})
+        assert got[None]["error"]["code"] == -32700  # parse error, id null
+        assert got[3]["error"]["code"] == -32602  # invalid params
+        assert got[4]["error"]["code"] == -32601  # method not found
+        assert got[5]["result"] is None  # unknown document
+        assert got[6]["result"] is None and proc.poll() is None
+        send({"jsonrpc": "2.0", "method": "exit"})
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_tcp_transport() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "lsp_server", *FAKE, "--tcp", f"127.0.0.1:{port}"],
+                            stderr=subprocess.DEVNULL, env=server_env(), cwd=REPO)
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                conn = socket.create_connection(("127.0.0.1", port), timeout=10)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+        with conn:
+            stream = conn.makefile("rwb")
+            stream.write(_frame({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"capabilities": {}}}))
+            stream.flush()
+            result = _responses(stream, {1})[1]["result"]
+            assert result["serverInfo"]["name"] == "codefill"
+            assert result["capabilities"]["inlineCompletionProvider"] is not None
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.mark.parametrize("argv", [["--tcp", "nonsense"], ["--device", "tpu"]])
+def test_bad_command_line_is_a_usage_error(argv: list[str]) -> None:
+    out = subprocess.run([sys.executable, "-m", "lsp_server", *argv], capture_output=True, text=True,
+                         env=server_env(), cwd=REPO, timeout=30)
+    assert out.returncode == 2 and "usage: codefill-lsp" in out.stderr
