@@ -89,7 +89,8 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     except UnicodeDecodeError as exc:
         raise CheckpointError(f"{path}: {what} is not UTF-8 text ({exc.reason})") from None
     except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{path}: invalid JSON in {what} (line {exc.lineno}, column {exc.colno}: {exc.msg})") from None
+        where = f"line {exc.lineno}, column {exc.colno}"
+        raise CheckpointError(f"{path}: invalid JSON in {what} ({where}: {exc.msg})") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: {what} must be a JSON object, not {type(data).__name__}")
     return data
@@ -107,7 +108,9 @@ def read_safetensors_header(path: Path) -> dict[str, TensorEntry]:
         with path.open("rb") as fh:
             head = fh.read(8)
             if len(head) < 8:
-                raise CheckpointError(f"{path}: truncated safetensors file ({size} bytes, shorter than its 8-byte header length)")
+                raise CheckpointError(
+                    f"{path}: truncated safetensors file ({size} bytes, shorter than its 8-byte header length)"
+                )
             n = int.from_bytes(head, "little")
             if n > size - 8:
                 raise CheckpointError(
@@ -149,7 +152,8 @@ def read_safetensors_header(path: Path) -> dict[str, TensorEntry]:
             numel *= s
         if not 0 <= begin <= end or end - begin != numel * itemsize:
             raise CheckpointError(
-                f"{path}: tensor {name!r} data_offsets {offsets} do not match its shape {tuple(shape)} and dtype {dtype}"
+                f"{path}: tensor {name!r} data_offsets {offsets} do not match its shape {tuple(shape)} and dtype "
+                f"{dtype}"
             )
         if end > data_size:
             raise CheckpointError(
@@ -216,7 +220,8 @@ def _detect_family(raw: dict[str, Any], tok: Tokenizer, config_path: Path, tok_p
     family = external.family_of_model_type(model_type)
     if family is None:
         if model_type is None:
-            raise CheckpointError(f"{config_path}: no model_type; expected one of {', '.join(external.KNOWN_MODEL_TYPES)}")
+            known = ", ".join(external.KNOWN_MODEL_TYPES)
+            raise CheckpointError(f"{config_path}: no model_type; expected one of {known}")
         raise CheckpointError(
             f"{config_path}: unknown model_type {model_type!r}; codefill loads {', '.join(external.KNOWN_MODEL_TYPES)}"
         )
@@ -257,7 +262,9 @@ def _resolve_mask_token(layout: str, raw: dict[str, Any], cfg: ModelConfig, tok:
     return next((t for t in names if tok.token_to_id(t) is not None), names[0])
 
 
-def _code_tokenizer(layout: str, raw: dict[str, Any], cfg: ModelConfig, tok: Tokenizer, tok_path: Path) -> CodeTokenizer:
+def _code_tokenizer(
+    layout: str, raw: dict[str, Any], cfg: ModelConfig, tok: Tokenizer, tok_path: Path
+) -> CodeTokenizer:
     """CodeTokenizer with the mask and end tokens of the model; cfg.mask_token/end_token are set to what was found."""
     mask = _resolve_mask_token(layout, raw, cfg, tok)
     family_ends = FAMILY_TOKENS.get(cfg.family, {}).get("end", [])
@@ -303,7 +310,8 @@ def _match(layout: str, entries: dict[str, TensorEntry], names: dict[str, str], 
             continue
         else:
             raise CheckpointError(
-                f"{entry.file}: unexpected tensor {name!r} (not part of a {_LAYOUT_LABELS[layout]} model of this config)"
+                f"{entry.file}: unexpected tensor {name!r} (not part of a {_LAYOUT_LABELS[layout]} model of this "
+                "config)"
             )
         want = tuple(expected[ours])
         if entry.shape != want:
@@ -330,7 +338,9 @@ _LAYOUT_LABELS = {
 }
 
 
-def _target_dtype(entries: dict[str, TensorEntry], names: dict[str, str], dtype: torch.dtype | str | None) -> torch.dtype:
+def _target_dtype(
+    entries: dict[str, TensorEntry], names: dict[str, str], dtype: torch.dtype | str | None
+) -> torch.dtype:
     if dtype is not None:
         if isinstance(dtype, str):
             resolved = getattr(torch, dtype, None)
@@ -442,7 +452,8 @@ def save_model(
         state[name] = t.to("cpu").contiguous()
 
     _atomic_write(out / CONFIG_FILE, lambda p: p.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n"))
-    _atomic_write(out / WEIGHTS_FILE, lambda p: save_file(state, str(p), metadata={"format": "pt", "family": cfg.family}))
+    metadata = {"format": "pt", "family": cfg.family}
+    _atomic_write(out / WEIGHTS_FILE, lambda p: save_file(state, str(p), metadata=metadata))
 
     target = out / TOKENIZER_FILE
     if isinstance(tokenizer, CodeTokenizer):

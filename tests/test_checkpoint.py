@@ -157,7 +157,8 @@ def test_external_model_converts_to_our_format(tmp_path: Path) -> None:
     ours_to_theirs = {v: k for k, v in external.tensor_name_map(cfg).items()}
     src = tmp_path / "dream"
     src.mkdir()
-    save_file({ours_to_theirs[k]: v.contiguous() for k, v in model.state_dict().items()}, str(src / "model.safetensors"))
+    tensors = {ours_to_theirs[k]: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(tensors, str(src / "model.safetensors"))
     make_tokenizer(["<|endoftext|>", "<|mask|>"]).save(str(src / "tokenizer.json"))
     (src / "config.json").write_text(json.dumps({
         "model_type": "Dream", "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
