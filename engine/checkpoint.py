@@ -341,6 +341,8 @@ _LAYOUT_LABELS = {
 def _target_dtype(
     entries: dict[str, TensorEntry], names: dict[str, str], dtype: torch.dtype | str | None
 ) -> torch.dtype:
+    if dtype == "auto":
+        dtype = None
     if dtype is not None:
         if isinstance(dtype, str):
             resolved = getattr(torch, dtype, None)
@@ -362,8 +364,9 @@ def load_model(
 ) -> tuple[DiffusionLM, CodeTokenizer]:
     """Load a model directory (ours or an external family) -> (DiffusionLM in eval mode, CodeTokenizer).
 
-    dtype None keeps the checkpoint's precision (the dtype of its embedding, applied to every tensor). Raises
-    CheckpointError, naming the file, for anything missing, malformed, truncated or inconsistent.
+    dtype None (or "auto") keeps the checkpoint's precision: the dtype of its embedding, applied to every tensor; a
+    torch dtype or its name ("bfloat16") casts. Raises CheckpointError, naming the file, for anything missing,
+    malformed, truncated or inconsistent. Parameters are ordinary trainable nn.Parameters on `device`.
     """
     root = _check_directory(path)
     config_path = root / CONFIG_FILE

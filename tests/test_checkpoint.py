@@ -105,6 +105,7 @@ def test_save_in_bfloat16_and_load_in_any_dtype(tmp_path: Path) -> None:
     assert all(p.dtype == torch.float32 for p in widened.parameters())
     assert (logits(widened, IDS) - logits(model, IDS)).abs().max() < 0.05
     by_name, _ = load_model(out, dtype="float32")
+    assert load_model(out, dtype="auto")[0].norm.weight.dtype == torch.bfloat16
     assert by_name.norm.weight.dtype == torch.float32
 
 
