@@ -107,9 +107,17 @@ def dedupe_against_suffix(hole: Hole, fill: str, document: str) -> str:
     return fill
 
 
+def _cut_at_garbage(fill: str) -> str:
+    """Cut a fill at the first undecodable byte (U+FFFD) or control character a programmer would not type."""
+    for i, ch in enumerate(fill):
+        if ch == "\ufffd" or (ord(ch) < 32 and ch not in "\t\n") or ord(ch) == 127:
+            return fill[:i]
+    return fill
+
+
 def clean_fill(hole: Hole, fill: str, document: str) -> str:
     """Normalise a raw fill for a hole: one line where one is wanted, indentation, no repeats."""
-    fill = fill.replace("\r\n", "\n").replace("\r", "\n")
+    fill = _cut_at_garbage(fill.replace("\r\n", "\n").replace("\r", "\n"))
     if hole.single_line:
         fill = fill.split("\n", 1)[0]
     elif hole.kind in ("block", "body"):

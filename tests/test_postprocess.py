@@ -47,6 +47,9 @@ CASES = [
      "function f(a) {\n  if (a) {\n    return 1;\n  }\n  return 2;\n}\n"),
     # A single-line hole keeps one line.
     ("python", "x = |\n", "1\ny = 2", "x = 1\n"),
+    # Undecodable bytes and control characters end a fill.
+    ("python", "x = |\n", "12\ufffd3", "x = 12\n"),
+    ("python", "x = |\n", "\x06abc", None),
     # An empty fill, or one that cannot be made to parse, is no fill.
     ("python", "x = |\n", "", None),
     ("python", "def f(a):\n    |\n", "return )(", None),
