@@ -466,7 +466,8 @@ def make_server(settings: Settings | None = None, engine_factory: str | None = N
         ls.loop = asyncio.get_running_loop()
         if params.initialization_options is not None:
             ls.apply_settings(params.initialization_options)
-        ls.start_loading()
+        # Start the load once this answer is on its way: the import of torch would hold the GIL meanwhile.
+        ls.loop.call_soon(ls.start_loading)
 
     @server.feature(types.INITIALIZED)
     @_guarded()

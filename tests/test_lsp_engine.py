@@ -17,7 +17,7 @@ import pytest_asyncio
 from lsprotocol import types
 
 from lsp_server import languages
-from tests.lsp_fixtures.harness import (
+from lsp_fixtures.harness import (
     REPO,
     apply_text_edit,
     inline,

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from lsprotocol import types
 
-from tests.lsp_fixtures.harness import (
+from lsp_fixtures.harness import (
     FAKE_ENGINE,
     PROGRESS_TOKEN,
     REPO,
@@ -40,7 +40,8 @@ async def test_initialize_is_fast_and_requests_before_the_model_are_null() -> No
     client = await start_server(FAKE + ["--debounce-ms", "0"], env={"CODEFILL_FAKE_LOAD_SECONDS": "2"},
                                 wait_ready=False)
     try:
-        assert client.init_seconds < 1.0
+        # From spawning the interpreter to the answer: ~0.6 s of it is importing lsprotocol, none is torch.
+        assert client.init_seconds < 2.0
         uri = "file:///early.py"
         open_doc(client, uri, '# codefill-fake: "1"\nx = \n')
         started = time.monotonic()

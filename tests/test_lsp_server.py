@@ -18,7 +18,7 @@ from lsprotocol import types
 from pygls.exceptions import JsonRpcException
 
 from lsp_server import languages
-from tests.lsp_fixtures.harness import (
+from lsp_fixtures.harness import (
     FAKE_ENGINE,
     PROGRESS_TOKEN,
     apply_text_edit,
