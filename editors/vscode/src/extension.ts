@@ -15,7 +15,6 @@ import {
   RevealOutputChannelOn,
   ServerOptions,
   State,
-  TransportKind,
 } from "vscode-languageclient/node";
 
 import { interpreterFromPythonApi, isResolved, resolveServerCommand } from "./serverPath";
@@ -123,7 +122,8 @@ async function startClient(): Promise<void> {
   }
   output.info(`starting ${resolved.command} ${resolved.args.join(" ")} (found from the ${resolved.source})`);
 
-  const run = { command: resolved.command, args: resolved.args, transport: TransportKind.stdio };
+  // No `transport`: stdio all the same, but vscode-languageclient would add `--stdio`, which codefill-lsp rejects.
+  const run = { command: resolved.command, args: resolved.args };
   const serverOptions: ServerOptions = { run, debug: run };
   const clientOptions: LanguageClientOptions = {
     documentSelector: LANGUAGES.flatMap((language) => [
