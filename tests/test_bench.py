@@ -1,0 +1,66 @@
+"""The benchmarks' correctness, not their speed: the autoregressive baseline is honest (its KV-cache decode makes
+the same tokens as recomputing the whole causal forward), and `codefill bench engine --smoke` writes valid JSON."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks.causal import CausalDecoder, reference_generate
+from engine.config import ModelConfig
+from engine.model import DiffusionLM
+
+
+def random_model(seed: int, qkv_bias: bool = True) -> DiffusionLM:
+    """A tiny model with weights big enough that greedy choices depend on every position of the context."""
+    cfg = ModelConfig(vocab_size=97, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=96,
+                      qkv_bias=qkv_bias)
+    model = DiffusionLM(cfg).eval()
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2:
+                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(p.shape[1]))
+            elif name.endswith("bias"):
+                p.copy_(0.3 * torch.randn(p.shape, generator=g))
+    return model
+
+
+@pytest.mark.parametrize("qkv_bias", [True, False])
+def test_kv_cache_decode_matches_full_recompute(qkv_bias: bool) -> None:
+    model = random_model(1, qkv_bias)
+    prompt = torch.randint(0, 97, (3, 11), generator=torch.Generator().manual_seed(2))  # [B, P]
+    expected = reference_generate(model, prompt, 16)
+    # A cache longer than needed: stale slots past the current position must stay invisible.
+    decoder = CausalDecoder(model, batch=3, max_len=40)
+    got = decoder.generate(prompt, 16)
+    assert got.tolist() == expected.tolist()
+    # Reusing the decoder for another prompt overwrites the cache rather than mixing the two.
+    other = torch.randint(0, 97, (3, 7), generator=torch.Generator().manual_seed(3))
+    assert decoder.generate(other, 16).tolist() == reference_generate(model, other, 16).tolist()
+    # The tokens depend on the prompt (a decoder that ignored its cache could not pass the checks above).
+    assert expected.tolist() != reference_generate(model, other, 16).tolist()
+
+
+def test_engine_smoke_writes_valid_json(tmp_path: Path) -> None:
+    from benchmarks.bench import main
+
+    out = tmp_path / "results.json"
+    assert main(["engine", "--smoke", "--dtypes", "fp32", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["benchmark"] == "engine"
+    assert data["model"]["weights"].startswith("random")
+    assert data["hardware"]["torch"] == torch.__version__
+    methods = {(r["method"], r["batch"], r["cache"]) for r in data["rows"]}
+    assert {("diffusion", 1, True), ("diffusion", 1, False), ("ar-ours", 1, None)} <= methods
+    for r in data["rows"]:
+        assert r["median_ms"] > 0 and r["p95_ms"] >= r["median_ms"]
+        assert r["tokens_per_s"] == pytest.approx(r["batch"] * r["k"] / (r["median_ms"] / 1000))
+        if r["method"] == "diffusion":
+            assert r["forward_passes"] == r["steps"]  # every fill ran every step: no early stop
+    assert not data["problems"]  # every fill made exactly k tokens
+    assert {s["baseline"] for s in data["speedups"]} == {"ar-ours"}
