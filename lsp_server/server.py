@@ -362,7 +362,11 @@ class CodefillServer(LanguageServer):
         job = self.jobs[uri] = Job(uri)
 
         if debounce and settings.debounce_ms and not invoked:
-            await asyncio.sleep(settings.debounce_ms / 1000)
+            try:
+                await asyncio.sleep(settings.debounce_ms / 1000)
+            except asyncio.CancelledError:
+                job.cancel.set()
+                raise
         if job.cancel.is_set() or self.version_of(uri) != doc.version:
             return []
 
@@ -373,6 +377,9 @@ class CodefillServer(LanguageServer):
                 self.engine_executor,
                 functools.partial(self._fill_job, job, doc, offset, end, candidates, settings),
             )
+        except asyncio.CancelledError:  # $/cancelRequest: stop the engine too
+            job.cancel.set()
+            raise
         finally:
             if self.jobs.get(uri) is job:
                 del self.jobs[uri]

@@ -232,6 +232,28 @@ async def test_newest_request_per_document_wins(client) -> None:
     assert time.monotonic() - started < 1.5 + 1.5  # the older fill did not run to the end
 
 
+async def test_cancel_request_stops_the_engine(client) -> None:
+    uri = "file:///cancelled.py"
+    open_doc(client, uri, '# codefill-fake-sleep: 3\n# codefill-fake: "1"\nx = \n')
+    params = types.InlineCompletionParams(
+        text_document=types.TextDocumentIdentifier(uri=uri), position=pos(2, 4),
+        context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic),
+    )
+    started = time.monotonic()
+    request = asyncio.ensure_future(  # pytest-lsp's send_request_async sends only once awaited
+        client.protocol.send_request_async(types.TEXT_DOCUMENT_INLINE_COMPLETION, params, msg_id="cancel-me")
+    )
+    await asyncio.sleep(0.3)
+    client.protocol.notify(types.CANCEL_REQUEST, types.CancelParams(id="cancel-me"))
+    with pytest.raises(JsonRpcException) as err:
+        await request
+    assert err.value.code == -32800  # RequestCancelled
+    other = "file:///after-cancel.py"
+    open_doc(client, other, '# codefill-fake: "2"\nx = \n')
+    assert (await inline(client, other, 1, 4)).items[0].insert_text == "2"
+    assert time.monotonic() - started < 2.5  # the cancelled fill did not hold the engine for its 3 s
+
+
 # -- bad input: every request is answered and the server lives on -------------------------------------------------
 
 
