@@ -21,15 +21,18 @@ import torch
 from torch import Tensor
 
 from engine.model import DiffusionLM, KVCache
-from engine.runner import Layout, lay_out
-from engine.sampler import SampleResult, SamplerConfig, denoise
-from engine.window import Window
+
+# engine.runner and engine.sampler are imported where used: they pull in the tokenizers library, which a bare GPU
+# machine may lack; StaticDenoiser and GraphedDecoder need only torch and engine.model.
 
 
 @torch.inference_mode()
-def run_span_logits(self: Any, windows: list[Window], cfg: SamplerConfig, stop_ids: list[int], cache: bool = True,
-                    refresh_every: int = 4, cancel: threading.Event | None = None) -> tuple[SampleResult, float]:
+def run_span_logits(self: Any, windows: list[Any], cfg: Any, stop_ids: list[int], cache: bool = True,
+                    refresh_every: int = 4, cancel: threading.Event | None = None) -> tuple[Any, float]:
     """engine.runner.Runner.run, except that whole-window passes compute logits for the span rows only."""
+    from engine.runner import lay_out
+    from engine.sampler import denoise
+
     tok = self.tok
     lay = lay_out(windows, tok.mask_id, tok.pad_id, self.device)
     s0, k = lay.span_start, lay.span_len
@@ -67,8 +70,10 @@ class StaticDenoiser:
     "compile+graph" captures the compiled functions in CUDA graphs.
     """
 
-    def __init__(self, model: DiffusionLM, lay: Layout, steps: int, mask_id: int, stop_ids: list[int],
-                 end_penalty: float = 1e4, cache: bool = True, refresh_every: int = 4, mode: str = "eager") -> None:
+    def __init__(self, model: DiffusionLM, lay: Any, steps: int, mask_id: int, stop_ids: list[int],
+                 end_penalty: float = 1e4, cache: bool = True, refresh_every: int = 4, mode: str = "eager",
+                 backend: str = "inductor") -> None:
+        """lay: an engine.runner.Layout, or anything with its ids, positions, key_mask, span_start, span_len."""
         self.model = model
         self.s0, self.k = lay.span_start, lay.span_len
         self.shift = model.cfg.logits_shift
@@ -99,8 +104,8 @@ class StaticDenoiser:
         self.block_fn: Callable[[], None] = self._block_step
         self.graphs: dict[str, Any] = {}
         if "compile" in mode:
-            self.full_fn = torch.compile(self._full_step, fullgraph=True, dynamic=False)
-            self.block_fn = torch.compile(self._block_step, fullgraph=True, dynamic=False)
+            self.full_fn = torch.compile(self._full_step, fullgraph=True, dynamic=False, backend=backend)
+            self.block_fn = torch.compile(self._block_step, fullgraph=True, dynamic=False, backend=backend)
 
     # -- one step -------------------------------------------------------------------------------------------------
 
@@ -195,7 +200,7 @@ class StaticDenoiser:
 class GraphedDecoder:
     """A CausalDecoder whose decode step is captured once as a CUDA graph (or compiled), replayed per token."""
 
-    def __init__(self, decoder: Any, mode: str = "graph") -> None:
+    def __init__(self, decoder: Any, mode: str = "graph", backend: str = "inductor") -> None:
         self.decoder = decoder
         self.mode = mode
         dev = decoder.slots.device
@@ -205,7 +210,7 @@ class GraphedDecoder:
         self.step_fn: Callable[[], None] = self._step
         self.graph: Any = None
         if "compile" in mode:
-            self.step_fn = torch.compile(self._step, fullgraph=True, dynamic=False)
+            self.step_fn = torch.compile(self._step, fullgraph=True, dynamic=False, backend=backend)
 
     def _step(self) -> None:
         self.next.copy_(self.decoder.decode_step(self.token, self.at))
