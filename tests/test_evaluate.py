@@ -228,7 +228,7 @@ def test_main_end_to_end(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.Ca
     single = [r for r in rows if r["task_set"] == "single-line"]
     assert all(r["completion"] == "" or r["completion"].endswith("\n") for r in single)
     data = json.loads(summary.read_text())
-    assert data["results"]["single-line"]["n"] == 3
+    assert data["results"]["single-line"]["n"] == 3 and data["results"]["single-line"]["of"] == 1033
     assert data["results"]["single-line"]["protocol"] == {"max_tokens": 32, "single_line": True, "whole_lines": True}
     assert "empty_fill_pass_at_1" in data["results"]["safim-control"]
     assert not any(p.name.startswith("codefill-eval-") for p in Path(os.getcwd()).iterdir())

@@ -94,7 +94,9 @@ def run_program(source: str, stdin: str | None = None, timeout: float = DEFAULT_
             t0 = time.perf_counter()
             proc = subprocess.Popen(
                 [python or sys.executable, "-I", "-B", "prog.py"], cwd=tmp, env=env, stdin=inp, stdout=out,
-                stderr=err, preexec_fn=limits, start_new_session=True, close_fds=True,
+                # preexec_fn runs in the forked child while the pool's other threads exist: _limit_child only
+                # calls resource.setrlimit (a C call, module imported above), taking no lock a thread could hold.
+                stderr=err, preexec_fn=limits, start_new_session=True, close_fds=True,  # noqa: PLW1509
             )
             timed_out = False
             try:

@@ -8,6 +8,7 @@ checking overlaps with filling. Generated code never runs in this process.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import platform
@@ -21,7 +22,16 @@ from pathlib import Path
 from typing import IO, Any
 
 from engine.evaluation.datasets import (
-    DEFAULT_TASK_SETS, TASK_SETS, DatasetError, Task, TaskSetSpec, find_benchmarks, load_task_set, select,
+    DEFAULT_TASK_SETS,
+    HUMANEVAL_DIR,
+    SAFIM_DIR,
+    TASK_SETS,
+    DatasetError,
+    Task,
+    TaskSetSpec,
+    find_benchmarks,
+    load_task_set,
+    select,
     with_budget,
 )
 from engine.evaluation.execution import DEFAULT_MEMORY_MB, DEFAULT_TIMEOUT, run_program
@@ -220,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _git_commit() -> str | None:
     try:
         r = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
-                           capture_output=True, text=True, timeout=5)
+                           capture_output=True, text=True, timeout=5, check=False)
         return r.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -274,7 +284,7 @@ def print_header(run: dict[str, Any]) -> None:
     print("  budgets come from the task set's kind, never from the reference:")
     for name, p in run["protocol"].items():
         extra = "; fill made whole lines (line break appended)" if p["whole_lines"] else ""
-        print(f"    {name:<18} max_tokens {p['max_tokens']:>3}  single_line {str(p['single_line']):<5}{extra}")
+        print(f"    {name:<18} max_tokens {p['max_tokens']:>3}  single_line {p['single_line']!s:<5}{extra}")
     print(flush=True)
 
 
@@ -313,7 +323,10 @@ def main(argv: list[str] | None = None) -> int:
                 or args.memory_mb < 64:
             raise DatasetError("--limit and --sample must not be negative, --batch-size and --workers at least 1, "
                                "--timeout positive, --memory-mb at least 64")
-        task_lists = [select(load_task_set(s.name, bench), args.limit, args.sample, args.seed) for s in specs]
+        if bench.name in (HUMANEVAL_DIR, SAFIM_DIR):  # pointed at one benchmark's folder: use its parent
+            bench = bench.parent
+        full = [load_task_set(s.name, bench) for s in specs]
+        task_lists = [select(tasks, args.limit, args.sample, args.seed) for tasks in full]
     except DatasetError as exc:
         print(f"codefill eval: {exc}", file=sys.stderr)
         return 2
@@ -328,16 +341,13 @@ def main(argv: list[str] | None = None) -> int:
 
     limits = Limits(args.timeout, args.memory_mb)
     results: dict[str, dict[str, Any]] = {}
-    out = open(args.out, "w", encoding="utf-8") if args.out else None
-    try:
-        with ThreadPoolExecutor(max_workers=args.workers, thread_name_prefix="eval-check") as pool:
-            for spec, tasks in zip(specs, task_lists):
-                rows = evaluate_set(engine, spec, tasks, pool, limits, args.steps or None, args.batch_size,
-                                    args.empty_baseline, out, args.quiet)
-                results[spec.name] = summarize(rows)
-    finally:
-        if out is not None:
-            out.close()
+    with contextlib.ExitStack() as stack:
+        out = stack.enter_context(open(args.out, "w", encoding="utf-8")) if args.out else None
+        pool = stack.enter_context(ThreadPoolExecutor(max_workers=args.workers, thread_name_prefix="eval-check"))
+        for spec, tasks, all_tasks in zip(specs, task_lists, full):
+            rows = evaluate_set(engine, spec, tasks, pool, limits, args.steps or None, args.batch_size,
+                                args.empty_baseline, out, args.quiet)
+            results[spec.name] = {**summarize(rows), "of": len(all_tasks)}
     print_table(results)
     if args.summary_json:
         summary = {**run, "results": {n: {"protocol": run["protocol"][n], **r} for n, r in results.items()}}
