@@ -211,9 +211,9 @@ def test_main_end_to_end(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.Ca
     out, summary = tmp_path / "results.jsonl", tmp_path / "summary.json"
     threads = torch.get_num_threads()
     try:  # one thread: on a busy CPU, torch's threads wait on each other (a fill takes 20x longer)
-        rc = main(["--model", str(tiny_model_dir), "--device", "cpu", "--threads", "1", "--steps", "4", "--benchmarks", str(BENCH),
-                   "--tasks", "single-line,safim-control,safim-api", "--limit", "3", "--out", str(out),
-                   "--summary-json", str(summary), "--empty-baseline", "--quiet"])
+        rc = main(["--model", str(tiny_model_dir), "--device", "cpu", "--threads", "1", "--steps", "4",
+                   "--benchmarks", str(BENCH), "--tasks", "single-line,safim-control,safim-api", "--limit", "3",
+                   "--out", str(out), "--summary-json", str(summary), "--empty-baseline", "--quiet"])
     finally:
         torch.set_num_threads(threads)
     assert rc == 0
