@@ -139,7 +139,11 @@ def evaluate_set(engine: Any, spec: TaskSetSpec, tasks: list[Task], pool: Thread
     def drain(block: bool) -> None:
         while pending and (block or pending[0][4].done()):
             task, fill, completion, seconds, fut, empty_fut = pending.popleft()
-            verdict = fut.result()
+            try:
+                verdict = fut.result()
+            except (OSError, subprocess.SubprocessError) as exc:  # the harness failed (no more processes...)
+                print(f"[{spec.name}] {task.task_id}: check failed to run: {exc!r}", file=sys.stderr, flush=True)
+                verdict = {"passed": False, "status": "harness-error", "error": repr(exc)[:300]}
             row = {
                 "task_set": spec.name, "task_id": task.task_id, "source_id": task.source_id,
                 "passed": verdict["passed"], "exact": exact_match(completion, task.reference),
