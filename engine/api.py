@@ -11,7 +11,7 @@ import torch
 
 from engine.config import EngineConfig
 from engine.errors import CheckpointError
-from engine.runner import Runner, pick_device, pick_dtype
+from engine.runner import Runner, pick_device, pick_dtype, pick_threads
 from engine.sampler import SamplerConfig
 from engine.tokenizer import CodeTokenizer
 from engine.window import build_window
@@ -83,8 +83,8 @@ class Engine:
         dev = pick_device(config.device)
         dt = pick_dtype(config.dtype, dev)
         model, tok = load_model(model_path, device=str(dev), dtype=dt)
-        if config.extra.get("threads"):
-            torch.set_num_threads(int(config.extra["threads"]))
+        if dev.type == "cpu":
+            torch.set_num_threads(pick_threads(config.threads, model.cfg.num_parameters()))
         return cls(Runner(model, tok, dev, dt), config, model_path)
 
     @property
@@ -106,7 +106,7 @@ class Engine:
             min_tokens=int(c.extra.get("min_tokens", 1)),
         )
 
-    def fill(self, prefix: str, suffix: str, max_tokens: int = 32, *, single_line: bool = False,
+    def fill(self, prefix: str, suffix: str, max_tokens: int = 32, single_line: bool = False, *,
              steps: int | None = None, temperature: float = 0.0, seed: int | None = None,
              cancel: threading.Event | None = None) -> Fill:
         """Fill the hole between prefix and suffix with at most max_tokens tokens."""

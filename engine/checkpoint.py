@@ -28,7 +28,7 @@ from tokenizers import Tokenizer
 from engine import external
 from engine.config import ModelConfig
 from engine.errors import CheckpointError
-from engine.model import DiffusionLM
+from engine.model import DiffusionLM, rotary_inv_freq
 from engine.tokenizer import FAMILY_TOKENS, CodeTokenizer, TokenizerError
 
 CONFIG_FILE = "config.json"
@@ -406,8 +406,7 @@ def load_model(
         model.lm_head.weight = model.embed_tokens.weight
     # The rotary frequencies are a non-persistent buffer built on the meta device: rebuild them (float32 always),
     # with the same formula as DiffusionLM.__init__.
-    hd = cfg.head_dim
-    model.inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32, device=dev) / hd))
+    model.inv_freq = rotary_inv_freq(cfg, dev)
     left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if left:
         raise CheckpointError(f"{root}: internal error, tensors left unloaded: {', '.join(left[:5])}")

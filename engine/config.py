@@ -96,4 +96,5 @@ class EngineConfig:
     cache: bool = True  # reuse the context's keys and values between refreshes
     refresh_every: int = 4  # recompute the whole window every N steps
     compile: bool = False
+    threads: int = 0  # CPU threads for torch; 0: auto (see runner.pick_threads)
     extra: dict[str, Any] = field(default_factory=dict)

@@ -122,6 +122,12 @@ class Block(nn.Module):
         return x, new_cache
 
 
+def rotary_inv_freq(cfg: ModelConfig, device: torch.device | str | None = None) -> Tensor:
+    """Rotary frequencies [head_dim / 2], always float32."""
+    hd = cfg.head_dim
+    return 1.0 / (cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32, device=device) / hd))
+
+
 class DiffusionLM(nn.Module):
     """Bidirectional transformer for masked diffusion: ids [B, T] -> logits [B, T, V]."""
 
@@ -135,8 +141,7 @@ class DiffusionLM(nn.Module):
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
-        inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, cfg.head_dim, 2, dtype=torch.float32) / cfg.head_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("inv_freq", rotary_inv_freq(cfg), persistent=False)
 
     def init_weights(self, seed: int = 0) -> None:
         """Small normal init (std 0.02), scaled down on residual outputs."""

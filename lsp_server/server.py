@@ -19,10 +19,10 @@ from pygls.uris import to_fs_path
 
 from lsp_server import languages
 from lsp_server.engine_client import EngineClient, InProcessEngine
-from lsp_server.holes import Hole, find_hole
+from lsp_server.completion import complete_at
+from lsp_server.holes import Hole
 from lsp_server.options import Settings, parse_settings
 from lsp_server.positions import Pos, line_starts, offset_at, position_at
-from lsp_server.postprocess import postprocess
 
 log = logging.getLogger("codefill.server")
 
@@ -399,40 +399,19 @@ class CodefillServer(LanguageServer):
             return None, []
         from engine.errors import EngineError, FillCancelled  # no torch: engine/errors.py is plain
 
-        spec = languages.spec_for(doc.language_id)
-        hole = find_hole(doc.text, offset, doc.language_id, end, max_tokens=settings.max_tokens)
-        errors_before = languages.count_syntax_errors(spec, doc.text) if spec else None
-        attempts: list[tuple[int, float, int | None]] = [(hole.max_tokens, 0.0, None)]
-        if candidates > 1:
-            # The span length is the biggest lever on a diffusion fill: vary it, then sample.
-            for budget in (hole.max_tokens // 2, hole.max_tokens // 4):
-                if budget >= 4:
-                    attempts.append((budget, 0.0, None))
-            attempts += [(hole.max_tokens, 0.8, seed) for seed in range(1, candidates + 1)]
-            attempts = attempts[: candidates + 1]  # a few engine calls at most, even when fills repeat
-        inserts: list[str] = []
-        for budget, temperature, seed in attempts:
-            if len(inserts) >= candidates or job.cancel.is_set():
-                break
-            self.fills_started += 1
-            started = time.perf_counter()
-            try:
-                out = self.engine.fill(
-                    hole.prefix, hole.suffix, budget, hole.single_line,
-                    steps=settings.steps or None, temperature=temperature, seed=seed, cancel=job.cancel,
-                )
-            except FillCancelled:
-                log.debug("fill cancelled: %s", doc.uri)
-                break
-            except EngineError as exc:
-                log.warning("engine error: %s", exc)
-                break
-            insert = postprocess(hole, out.text, doc.text, spec, errors_before)
-            log.debug("fill %s %s budget=%d in %.0f ms: %r -> %r", doc.uri, hole.kind, budget,
-                      (time.perf_counter() - started) * 1000, out.text, insert)
-            if insert is not None and insert not in inserts:
-                inserts.append(insert)
-        return hole, inserts
+        try:
+            result = complete_at(self.engine, doc.text, offset, doc.language_id, selection_end=end,
+                                 max_tokens=settings.max_tokens, candidates=candidates,
+                                 steps=settings.steps or None, cancel=job.cancel)
+        except FillCancelled:
+            return None, []
+        except EngineError as exc:
+            log.warning("engine error: %s", exc)
+            return None, []
+        self.fills_started += result.engine_calls
+        log.debug("fill %s %s budget=%d in %.0f ms: %r -> %r", doc.uri, result.hole.kind, result.hole.max_tokens,
+                  result.seconds * 1000, result.raw, result.inserts)
+        return result.hole, result.inserts
 
 
 def _lsp(pos: Pos) -> types.Position:

@@ -8,7 +8,6 @@ staleness and candidates can be asserted exactly; tests/test_lsp_engine.py runs 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from pathlib import Path
 
@@ -20,7 +19,6 @@ from pygls.exceptions import JsonRpcException
 from lsp_server import languages
 from lsp_fixtures.harness import (
     FAKE_ENGINE,
-    PROGRESS_TOKEN,
     apply_text_edit,
     change_doc,
     inline,
