@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -157,6 +158,14 @@ def ghost(nvim) -> dict | None:
 
 def state(nvim) -> dict:
     return cf(nvim, "._state()")
+
+
+def test_lua_unit() -> None:
+    """The plugin's pure parts (columns, ghost layout, ranges, setup) in nvim with no server: tests/unit.lua."""
+    proc = subprocess.run([NVIM, "--headless", "--clean", "-l", str(PLUGIN / "tests" / "unit.lua")],
+                          capture_output=True, text=True, timeout=60)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "0 failed" in out, out
 
 
 def test_attach_status_and_health(nvim) -> None:
