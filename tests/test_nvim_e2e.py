@@ -363,3 +363,18 @@ def test_server_honours_negotiated_utf8(tmp_path: Path) -> None:
         assert item["range"]["start"]["character"] == len('s = "é😀" + n'.encode())  # 16 bytes, not 13 units
     finally:
         stop_nvim(session)
+
+
+def test_fill_selection_code_action(nvim) -> None:
+    """The server's "Fill selection" code action on a visual selection, through Neovim's own vim.lsp.buf."""
+    text = '# codefill-fake: "a // b"\ndef div(a, b):\n    return a / b\n'
+    open_file(nvim, "div.py", text)
+    nvim.input("<Esc>")
+    nvim.command("call cursor(3, 12)")
+    nvim.input("v4l")
+    wait_for("visual mode", lambda: nvim.api.get_mode()["mode"] == "v")
+    nvim.exec_lua("vim.lsp.buf.code_action({ apply = true, filter = function(a) return a.title == 'Fill selection' end })")
+    if REAL_MODEL:
+        time.sleep(2)
+        return
+    wait_for("the edit", lambda: lines(nvim)[2] == "    return a // b")
