@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="autoregressive prompt: the window's context (suffix then prefix; default) or the prefix")
     e.add_argument("--proto", action="store_true", help="also time prototypes of engine changes")
     e.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    e.add_argument("--omp-passive", action="store_true",
+                   help="set OMP_WAIT_POLICY=PASSIVE before torch loads (on a busy CPU, spinning OpenMP threads "
+                        "make every op wait for a descheduled thread)")
     e.add_argument("--max-minutes", type=float, default=0.0, help="skip what is left after this long")
     e.add_argument("--out", type=Path, default=None, help="write results as JSON here")
     e.add_argument("--plot", type=Path, default=None, help="write a PNG plot here")
@@ -79,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the server to load")
     s.add_argument("--out", type=Path, default=None)
     s.add_argument("--plot", type=Path, default=None)
+    s.add_argument("--omp-passive", action="store_true", help="start the server with OMP_WAIT_POLICY=PASSIVE")
     s.add_argument("--smoke", action="store_true")
 
     d = sub.add_parser("device", help="the GPU benchmark that benchmarks/device.sh runs", add_help=False)
@@ -94,8 +99,18 @@ def write_json(path: Path | None, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=1) + "\n")
 
 
+def set_omp_passive(on: bool) -> None:
+    """OMP_WAIT_POLICY=PASSIVE for this process (effective only if torch has not loaded yet) and its children."""
+    if not on:
+        return
+    if "torch" in sys.modules and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
+        print("note: torch was already loaded; --omp-passive reaches only child processes", file=sys.stderr)
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
+
 def cmd_engine(args: argparse.Namespace) -> int:
     """`codefill bench engine`."""
+    set_omp_passive(args.omp_passive)
     import torch
 
     from benchmarks import engine_bench
@@ -149,6 +164,7 @@ def cmd_engine(args: argparse.Namespace) -> int:
 
 def cmd_lsp(args: argparse.Namespace) -> int:
     """`codefill bench lsp`."""
+    set_omp_passive(args.omp_passive)
     from benchmarks import lsp_bench
     from benchmarks.timing import describe_hardware, hardware
     from benchmarks.workload import prepare_model

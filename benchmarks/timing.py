@@ -119,6 +119,7 @@ def hardware() -> dict[str, Any]:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "load_average": load_average(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),  # PASSIVE: idle OpenMP threads sleep, not spin
         "gpu": None,
     }
     if torch.cuda.is_available():
@@ -137,5 +138,7 @@ def describe_hardware(info: dict[str, Any]) -> str:
     """One line naming the hardware."""
     gpu = f", GPU {info['gpu']}" if info.get("gpu") else ", no GPU"
     load = f", load average {info['load_average'][0]}" if info.get("load_average") else ""
+    if info.get("omp_wait_policy"):
+        load += f", OMP_WAIT_POLICY={info['omp_wait_policy']}"
     return (f"{info['cpu']} ({info['cores']} cores, torch threads {info['torch_threads']}){gpu}; "
             f"torch {info['torch']}, transformers {info.get('transformers') or 'absent'}{load}")

@@ -50,7 +50,11 @@ def test_engine_smoke_writes_valid_json(tmp_path: Path) -> None:
     from benchmarks.bench import main
 
     out = tmp_path / "results.json"
-    assert main(["engine", "--smoke", "--dtypes", "fp32", "--out", str(out)]) == 0
+    threads = torch.get_num_threads()
+    try:  # one thread: on a busy CPU, OpenMP threads waiting for each other would make this slow
+        assert main(["engine", "--smoke", "--dtypes", "fp32", "--threads", "1", "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
     data = json.loads(out.read_text())
     assert data["benchmark"] == "engine"
     assert data["model"]["weights"].startswith("random")
