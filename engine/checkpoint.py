@@ -423,6 +423,7 @@ def _atomic_write(target: Path, write) -> None:  # type: ignore[no-untyped-def]
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o644)  # mkstemp makes files private; a model directory is meant to be shared
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
