@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line of codefill-lsp."""
     p = argparse.ArgumentParser(prog="codefill-lsp", description="codefill code-infill language server")
     p.add_argument("--tcp", metavar="HOST:PORT", type=_host_port, help="listen on TCP instead of stdio")
+    p.add_argument("--stdio", action="store_true", help="use stdio (the default; accepted because many clients pass it)")
     p.add_argument("--log-file", metavar="PATH", help="also write logs to this file")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("--model", metavar="PATH", help="model directory (default: the built-in model)")
