@@ -15,6 +15,16 @@ from engine.config import ModelConfig
 from engine.model import DiffusionLM
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models gain nothing from threads, and on a busy CPU OpenMP threads waiting on each other make every
+    op slow: run these tests on one thread, then give torch its setting back."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def random_model(seed: int, qkv_bias: bool = True) -> DiffusionLM:
     """A tiny model with weights big enough that greedy choices depend on every position of the context."""
     cfg = ModelConfig(vocab_size=97, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=96,
@@ -50,11 +60,7 @@ def test_engine_smoke_writes_valid_json(tmp_path: Path) -> None:
     from benchmarks.bench import main
 
     out = tmp_path / "results.json"
-    threads = torch.get_num_threads()
-    try:  # one thread: on a busy CPU, OpenMP threads waiting for each other would make this slow
-        assert main(["engine", "--smoke", "--dtypes", "fp32", "--threads", "1", "--out", str(out)]) == 0
-    finally:
-        torch.set_num_threads(threads)
+    assert main(["engine", "--smoke", "--dtypes", "fp32", "--threads", "1", "--out", str(out)]) == 0
     data = json.loads(out.read_text())
     assert data["benchmark"] == "engine"
     assert data["model"]["weights"].startswith("random")
