@@ -108,7 +108,7 @@ function serverPids(marker) {
   for (const pid of fs.readdirSync("/proc").filter((p) => /^\d+$/.test(p))) {
     try {
       if (fs.readFileSync(`/proc/${pid}/environ`, "utf8").split("\0").includes(marker) &&
-          fs.readFileSync(`/proc/${pid}/cmdline`, "utf8").includes("lsp_server")) pids.push(pid);
+          /lsp_server|codefill-lsp/.test(fs.readFileSync(`/proc/${pid}/cmdline`, "utf8"))) pids.push(pid);
     } catch {
       // gone, or not ours to read
     }
@@ -237,7 +237,8 @@ async function main() {
   await waitFor("ready after restart", () => api.state().phase === "ready", timeoutMs);
   const after = serverPids(marker);
   results.pids = { before, after };
-  if (before.length) assert.ok(after.every((p) => !before.includes(p)), `the old server process lives on: ${before} -> ${after}`);
+  assert.ok(before.length === 1 && after.length === 1, `one server process before and after: ${before} -> ${after}`);
+  assert.ok(!after.includes(before[0]), `the old server process lives on: ${before} -> ${after}`);
   check("restart");
   await ext.deactivate();
   await waitFor("the server to exit", () => serverPids(marker).length === 0, 10000);
