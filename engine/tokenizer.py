@@ -20,7 +20,7 @@ FAMILY_TOKENS: dict[str, dict[str, list[str]]] = {
     "codefill": {"mask": [MASK_TOKEN], "end": [END_TOKEN]},
     "llada": {"mask": ["<|mdm_mask|>"], "end": ["<|endoftext|>", "<|eot_id|>"]},
     # DiffuCoder pads the tail of a fill with <|dlm_pad|>; Dream's own vocabulary lacks it and uses <|endoftext|>.
-    "Dream": {"mask": ["<|mask|>"], "end": ["<|dlm_pad|>", "<|endoftext|>", "<|im_end|>"]},
+    "Dream": {"mask": ["<|mask|>"], "end": ["<|endoftext|>", "<|im_end|>", "<|dlm_pad|>"]},
     "open-dcoder": {"mask": ["<M>"], "end": ["<|endoftext|>", "<|im_end|>"]},
 }
 
