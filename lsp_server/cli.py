@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+from lsp_server.engine_client import EngineSpec, parse_engine_mode
 from lsp_server.options import DEVICES, Settings
 
 
@@ -22,6 +23,13 @@ def _device(value: str) -> str:
     raise argparse.ArgumentTypeError(f"expected one of {', '.join(DEVICES)} or cuda:N, got {value!r}")
 
 
+def _engine_mode(value: str) -> str:
+    try:
+        return parse_engine_mode(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected auto, inprocess, unix:/path or tcp:127.0.0.1:PORT ({exc})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of codefill-lsp."""
     p = argparse.ArgumentParser(prog="codefill-lsp", description="codefill code-infill language server")
@@ -33,6 +41,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--steps", type=int, default=0, help="denoising steps per fill (0: the engine's default)")
     p.add_argument("--debounce-ms", type=int, default=None, help="wait this long after typing before a fill")
+    p.add_argument("--engine", type=_engine_mode, default="inprocess", metavar="auto|inprocess|ADDRESS",
+                   help="where the model runs: in this process (default); auto: a shared engine process, joined "
+                        "or started on first use; or an engine you started: unix:/path or tcp:127.0.0.1:PORT")
+    p.add_argument("--engine-token-file", metavar="PATH",
+                   help="token of a TCP engine (default: the one `codefill serve --tcp` writes for that port)")
+    p.add_argument("--engine-idle-exit-minutes", type=float, default=EngineSpec.idle_exit_minutes, metavar="N",
+                   help="an engine started by --engine auto exits after N minutes without clients (0: never)")
     p.add_argument("--engine-factory", metavar="MODULE:NAME",
                    help="build the engine with this callable(path, device, steps) instead of engine.api")
     return p
@@ -54,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
                         log_file=args.log_file)
     if args.debounce_ms is not None:
         settings = Settings(**{**settings.__dict__, "debounce_ms": max(args.debounce_ms, 0)})
-    server = make_server(settings, engine_factory=args.engine_factory)
+    spec = EngineSpec(mode=args.engine, token_file=args.engine_token_file,
+                      idle_exit_minutes=max(args.engine_idle_exit_minutes, 0.0))
+    server = make_server(settings, engine_factory=args.engine_factory, engine_spec=spec)
     server.set_log_file(args.log_file)
     if args.tcp:
         server.start_tcp(*args.tcp)

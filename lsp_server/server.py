@@ -18,7 +18,7 @@ from pygls.protocol import LanguageServerProtocol
 from pygls.uris import to_fs_path
 
 from lsp_server import languages
-from lsp_server.engine_client import EngineClient, InProcessEngine
+from lsp_server.engine_client import EngineClient, EngineSpec, Keyed, make_engine_client
 from lsp_server.completion import complete_at
 from lsp_server.holes import Hole
 from lsp_server.options import Settings, parse_settings
@@ -27,6 +27,7 @@ from lsp_server.positions import Pos, line_starts, offset_at, position_at
 log = logging.getLogger("codefill.server")
 
 FILL_COMMAND = "codefill.fill"
+DOCUMENT_TEXT_REQUEST = "codefill/documentText"  # the server's copy of a document; for tests and bug reports
 PROGRESS_TOKEN = "codefill/load-model"
 MAX_DISK_BYTES = 8_000_000  # documents read from disk (not opened by the client) above this are not served
 VERSION = "0.1.0"
@@ -133,7 +134,8 @@ class LspLogHandler(logging.Handler):
 class CodefillServer(LanguageServer):
     """The codefill language server: its settings, its engine and its per-document fill state."""
 
-    def __init__(self, settings: Settings | None = None, engine_factory: str | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, engine_factory: str | None = None,
+                 engine_spec: EngineSpec | None = None) -> None:
         super().__init__(
             "codefill",
             VERSION,
@@ -142,6 +144,7 @@ class CodefillServer(LanguageServer):
         )
         self.settings = settings or Settings()
         self.engine_factory = engine_factory
+        self.engine_spec = engine_spec or EngineSpec()
         self.engine: EngineClient = self._make_engine()
         self.engine_error: str | None = None
         self.engine_loading = False
@@ -157,7 +160,12 @@ class CodefillServer(LanguageServer):
 
     def _make_engine(self) -> EngineClient:
         s = self.settings
-        return InProcessEngine(s.model_path, s.device, s.steps, factory=self.engine_factory)
+        return make_engine_client(self.engine_spec, s.model_path, s.device, s.steps, factory=self.engine_factory,
+                                  notify=self._notify)
+
+    def _notify(self, level: int, message: str) -> None:
+        """An engine event the user should see once (out of memory, a restart that failed)."""
+        self.show(message, types.MessageType.Error if level >= logging.ERROR else types.MessageType.Warning)
 
     def send_threadsafe(self, send: Callable[[], None]) -> None:
         """Run a send on the event loop thread (the writer is not thread-safe)."""
@@ -202,6 +210,7 @@ class CodefillServer(LanguageServer):
             self.settings.model_path, self.settings.device, self.settings.steps
         )
         if engine_changed and (self.engine.ready or self.engine_error is not None):
+            self.engine.close()
             self.engine = self._make_engine()
             self.engine_error = None
             self.start_loading()
@@ -400,7 +409,7 @@ class CodefillServer(LanguageServer):
         from engine.errors import EngineError, FillCancelled  # no torch: engine/errors.py is plain
 
         try:
-            result = complete_at(self.engine, doc.text, offset, doc.language_id, selection_end=end,
+            result = complete_at(Keyed(self.engine, doc.uri), doc.text, offset, doc.language_id, selection_end=end,
                                  max_tokens=settings.max_tokens, candidates=candidates,
                                  steps=settings.steps or None, cancel=job.cancel)
         except FillCancelled:
@@ -442,9 +451,10 @@ def _sorted_range(rng: types.Range) -> tuple[types.Position, types.Position]:
     return (a, b) if (a.line, a.character) <= (b.line, b.character) else (b, a)
 
 
-def make_server(settings: Settings | None = None, engine_factory: str | None = None) -> CodefillServer:
+def make_server(settings: Settings | None = None, engine_factory: str | None = None,
+                engine_spec: EngineSpec | None = None) -> CodefillServer:
     """The server with its features registered."""
-    server = CodefillServer(settings, engine_factory)
+    server = CodefillServer(settings, engine_factory, engine_spec)
     logging.getLogger("codefill").addHandler(LspLogHandler(server))
 
     @server.feature(types.INITIALIZE)
@@ -557,10 +567,17 @@ def make_server(settings: Settings | None = None, engine_factory: str | None = N
         applied = bool(getattr(result, "applied", False))
         return {"applied": applied, "text": found[0].text}
 
+    @server.feature(DOCUMENT_TEXT_REQUEST)
+    def document_text(ls: CodefillServer, params: Any) -> dict[str, Any] | None:
+        uri = getattr(params, "uri", None) if not isinstance(params, dict) else params.get("uri")
+        doc = ls.workspace.text_documents.get(uri) if isinstance(uri, str) else None
+        return None if doc is None else {"text": doc.source, "version": doc.version}
+
     @server.feature(types.SHUTDOWN)
     def shutdown(ls: CodefillServer, params: Any) -> None:
         for job in ls.jobs.values():
             job.cancel.set()
+        ls.engine.close()  # a shared engine stays up for its other clients
 
     return server
 
