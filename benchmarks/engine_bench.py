@@ -20,7 +20,7 @@ import torch
 from benchmarks import hf as hf_baseline
 from benchmarks.causal import CausalDecoder
 from benchmarks.proto import StaticDenoiser, run_span_logits
-from benchmarks.timing import make_sync, summarize, time_runs
+from benchmarks.timing import make_sync, summarize, time_interleaved, time_runs
 from benchmarks.workload import HoleText, ModelSource, code_text, holes
 
 END_PENALTY = 1e4  # subtracted from the end tokens' logits: no fill ends early, every fill makes k tokens
@@ -124,31 +124,19 @@ def run(cfg: EngineBenchConfig, source: ModelSource, log: Callable[[str], None] 
                 window_tokens = _window_tokens(engine, texts, k)
                 common = dict(steps=steps, window_tokens=window_tokens)
 
-                variants: list[tuple[str, bool, Callable[[], Any]]] = []
-                for cache in cfg.caches:
-                    variants.append(("diffusion", cache, lambda: engine.fill_batch(reqs)))
-                    if cfg.proto:
-                        variants.append(("diffusion span-logits", cache, lambda: engine.fill_batch(reqs)))
-                for method, cache, fn in variants:
-                    engine.config.cache = cache
-                    patched = method.endswith("span-logits")
-                    if patched:
-                        engine.runner.run = types.MethodType(run_span_logits, engine.runner)
-                    try:
+                variants = _diffusion_variants(engine, reqs, texts, k, steps, cfg)
+                for name, (method, cache, fn, check) in variants.items():
+                    if check:
                         fills = fn()
                         short = [len(f.tokens) for f in fills if len(f.tokens) != k]
                         if short or fills[0].forward_passes != steps:
-                            problems.append(f"{tag} {method} cache={cache}: fills of {short or k} tokens in "
+                            problems.append(f"{tag} {name}: fills of {short or k} tokens in "
                                             f"{fills[0].forward_passes} passes (wanted {k} tokens, {steps} passes)")
-                        seconds = time_runs(fn, cfg.reps, cfg.warmup, sync)
-                    finally:
-                        if patched:
-                            del engine.runner.run
-                    rows.append(_row(method, dtype, batch, k, seconds, cache=cache, **common,
-                                     forward_passes=fills[0].forward_passes))
+                timed = time_interleaved({n: v[2] for n, v in variants.items()}, cfg.reps, cfg.warmup, sync)
+                for name, (method, cache, _, _) in variants.items():
+                    rows.append(_row(method, dtype, batch, k, timed[name], cache=cache, **common,
+                                     forward_passes=steps))
                     log(_progress(rows[-1]))
-                if cfg.proto:
-                    rows.extend(_static_rows(engine, texts, k, steps, dtype, batch, cfg, common, sync, log))
 
                 prompt = _ar_prompts(engine, texts, k, cfg.ar_prompt)
                 ar_common = dict(steps=k, prompt_tokens=int(prompt.shape[1]), window_tokens=int(prompt.shape[1]) + k)
@@ -167,30 +155,51 @@ def run(cfg: EngineBenchConfig, source: ModelSource, log: Callable[[str], None] 
                     rows.append(_row("ar-hf", dtype, batch, k, seconds, cache=None, **ar_common,
                                      same_tokens_as_ours=same))
                     log(_progress(rows[-1]))
-        del engine, model, hf_model
+        engine = model = hf_model = None  # free this dtype's copies before the next
     return {"rows": rows, "speedups": speedups(rows), "problems": problems, "skipped": skipped,
             "wall_s": time.perf_counter() - started}
 
 
-def _static_rows(engine: Any, texts: list[HoleText], k: int, steps: int, dtype: str, batch: int,
-                 cfg: EngineBenchConfig, common: dict[str, Any], sync: Callable[[], None],
-                 log: Callable[[str], None]) -> list[dict[str, Any]]:
-    """The fixed-shape, sync-free loop (proto.StaticDenoiser), eager, with the cache on and off."""
+def _diffusion_variants(engine: Any, reqs: list[Any], texts: list[HoleText], k: int, steps: int,
+                        cfg: EngineBenchConfig) -> dict[str, tuple[str, bool, Callable[[], Any], bool]]:
+    """name -> (method, cache, run one batch, whether its fills can be checked): the engine as it is, cache on
+    and off, and with --proto the prototypes of engine changes (benchmarks/proto.py)."""
     from engine.runner import lay_out
     from engine.window import build_window
 
+    def fill(cache: bool, span_logits: bool = False, refresh_every: int | None = None) -> Callable[[], Any]:
+        def run() -> Any:
+            engine.config.cache = cache
+            engine.config.refresh_every = refresh_every or cfg.refresh_every
+            if span_logits:
+                engine.runner.run = types.MethodType(run_span_logits, engine.runner)
+            try:
+                return engine.fill_batch(reqs)
+            finally:
+                if span_logits:
+                    del engine.runner.run
+                engine.config.refresh_every = cfg.refresh_every
+
+        return run
+
+    out: dict[str, tuple[str, bool, Callable[[], Any], bool]] = {}
+    for cache in cfg.caches:
+        out[f"diffusion cache={cache}"] = ("diffusion", cache, fill(cache), True)
+    if not cfg.proto:
+        return out
     c, tok = engine.config, engine.tokenizer
     windows = [build_window(tok, h.prefix, h.suffix, k, c.window, c.max_span) for h in texts]
     lay = lay_out(windows, tok.mask_id, tok.pad_id, engine.runner.device)
-    out = []
     for cache in cfg.caches:
+        out[f"span-logits cache={cache}"] = ("diffusion span-logits", cache, fill(cache, span_logits=True), True)
         den = StaticDenoiser(engine.runner.model, lay, steps, tok.mask_id, sorted(tok.end_ids), END_PENALTY,
                              cache=cache, refresh_every=cfg.refresh_every)
         den.prepare()
-        seconds = time_runs(den.fill, cfg.reps, cfg.warmup, sync)
-        out.append(_row("diffusion static-step", dtype, batch, k, seconds, cache=cache, **common,
-                        forward_passes=steps))
-        log(_progress(out[-1]))
+        out[f"static cache={cache}"] = ("diffusion static-step", cache, den.fill, False)
+    if True in cfg.caches:
+        out["refresh-once"] = ("diffusion refresh-once", True, fill(True, refresh_every=10**6), True)
+        out["refresh-once span-logits"] = ("diffusion refresh-once span-logits", True,
+                                           fill(True, span_logits=True, refresh_every=10**6), True)
     return out
 
 
@@ -220,12 +229,12 @@ def speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def table(rows: list[dict[str, Any]], speed: list[dict[str, Any]]) -> str:
     """The rows and the speed-ups as fixed-width text."""
-    head = f"{'dtype':9}{'batch':>5}{'k':>5}{'steps':>6}  {'method':24}{'cache':>6}{'tokens':>7}" \
+    head = f"{'dtype':9}{'batch':>5}{'k':>5}{'steps':>6}  {'method':36}{'cache':>6}{'tokens':>7}" \
            f"{'median ms':>11}{'p95 ms':>10}{'tok/s':>9}"
     lines = [head, "-" * len(head)]
     for r in rows:
         cache = "-" if r.get("cache") is None else ("on" if r["cache"] else "off")
-        lines.append(f"{r['dtype']:9}{r['batch']:>5}{r['k']:>5}{r['steps']:>6}  {r['method']:24}{cache:>6}"
+        lines.append(f"{r['dtype']:9}{r['batch']:>5}{r['k']:>5}{r['steps']:>6}  {r['method']:36}{cache:>6}"
                      f"{r['window_tokens']:>7}{r['median_ms']:>11.1f}{r['p95_ms']:>10.1f}{r['tokens_per_s']:>9.0f}")
     if speed:
         lines += ["", "diffusion speed-up over autoregressive decoding (ratio of median latencies, same k tokens)",

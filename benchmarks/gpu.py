@@ -114,7 +114,8 @@ def _line(r: dict[str, Any]) -> str:
         return f"{name} skipped: {r['skipped']}"
     extra = ""
     if r.get("step_ms") is not None:
-        extra = f", step {r['step_ms']:.3f} ms (bound {r['bound_step_ms']:.3f} ms, {100 * r['peak_fraction']:.1f}% of peak)"
+        extra = (f", step {r['step_ms']:.3f} ms (bound {r['bound_step_ms']:.3f} ms, "
+                 f"{100 * r['peak_fraction']:.1f}% of peak)")
     return f"{name} median {r['median_ms']:8.2f} ms p95 {r['p95_ms']:8.2f} ms {r['tokens_per_s']:9.0f} tok/s{extra}"
 
 
@@ -385,7 +386,7 @@ class Case:
         end_id = tok.end_id if tok is not None else 1
         w, k = self.w, self.k
         self.measure("ar-hf", "generate", lambda: hf_baseline.generate(hf, w.prompt, k, end_id), **self.ar_base)
-        del hf
+
 
     def compiled(self) -> None:
         """torch.compile (inductor), captured as CUDA graphs and alone, for the loop and the decoder."""

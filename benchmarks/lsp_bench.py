@@ -158,7 +158,8 @@ class BenchClient:
     async def inline(self, line: int, character: int) -> tuple[float, Any]:
         """Seconds from sending textDocument/inlineCompletion to its answer, and the answer."""
         params = types.InlineCompletionParams(
-            text_document=types.TextDocumentIdentifier(uri=URI), position=types.Position(line=line, character=character),
+            text_document=types.TextDocumentIdentifier(uri=URI),
+            position=types.Position(line=line, character=character),
             context=types.InlineCompletionContext(trigger_kind=types.InlineCompletionTriggerKind.Automatic))
         t0 = time.perf_counter()
         answer = await self.client.text_document_inline_completion_async(params)

@@ -6,8 +6,13 @@ from pathlib import Path
 from typing import Any
 
 
+COLORS = {"diffusion cache on": "#1f5fbf", "diffusion cache off": "#7fa8e0", "ar-ours": "#c0392b",
+          "ar-hf": "#e67e22"}
+
+
 def plot_engine(result: dict[str, Any], out: Path) -> Path:
-    """Generated tokens/s against span length, one panel per batch size; a line per method, cache and dtype."""
+    """Generated tokens/s against span length: a panel per dtype and batch size, a line per method (and cache);
+    the prototypes of engine changes in grey."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -15,32 +20,41 @@ def plot_engine(result: dict[str, Any], out: Path) -> Path:
 
     rows = result["rows"]
     batches = sorted({r["batch"] for r in rows})
-    fig, axes = plt.subplots(1, len(batches), figsize=(6.2 * len(batches), 4.6), squeeze=False)
-    styles = {"float32": "-", "bfloat16": "--"}
-    for ax, batch in zip(axes[0], batches):
-        series: dict[str, list[tuple[int, float]]] = {}
-        for r in rows:
-            if r["batch"] != batch:
-                continue
-            cache = "" if r.get("cache") is None else (" cache on" if r["cache"] else " cache off")
-            series.setdefault(f"{r['method']}{cache} {r['dtype']}", []).append((r["k"], r["tokens_per_s"]))
-        for label, pts in sorted(series.items()):
-            pts.sort()
-            dtype = label.rsplit(" ", 1)[1]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], styles.get(dtype, ":"), marker="o", label=label)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ks = sorted({r["k"] for r in rows})
-        ax.set_xticks(ks, [str(k) for k in ks])
-        ax.set_xlabel("tokens generated per fill (k)")
-        ax.set_ylabel("generated tokens/s (median)")
-        ax.set_title(f"batch {batch}")
-        ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+    dtypes = [d for d in ("float32", "bfloat16") if any(r["dtype"] == d for r in rows)]
+    dtypes += sorted({r["dtype"] for r in rows} - set(dtypes))
+    ks = sorted({r["k"] for r in rows})
+    fig, axes = plt.subplots(len(dtypes), len(batches), figsize=(5.2 * len(batches), 3.8 * len(dtypes)),
+                             squeeze=False, sharex=True)
+    for i, dtype in enumerate(dtypes):
+        for j, batch in enumerate(batches):
+            ax = axes[i][j]
+            series: dict[str, list[tuple[int, float]]] = {}
+            for r in rows:
+                if r["batch"] != batch or r["dtype"] != dtype:
+                    continue
+                cache = "" if r.get("cache") is None else (" cache on" if r["cache"] else " cache off")
+                series.setdefault(f"{r['method']}{cache}", []).append((r["k"], r["tokens_per_s"]))
+            for label, pts in sorted(series.items()):
+                pts.sort()
+                proto = label not in COLORS
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], ":" if proto else "-", marker="o",
+                        color="#999999" if proto else COLORS[label], alpha=0.7 if proto else 1.0,
+                        markersize=3 if proto else 5, label=label)
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xticks(ks, [str(k) for k in ks])
+            ax.set_title(f"{dtype}, batch {batch}", fontsize=10)
+            ax.grid(True, which="both", alpha=0.3)
+            if i == len(dtypes) - 1:
+                ax.set_xlabel("tokens generated per fill (k)")
+            if j == 0:
+                ax.set_ylabel("generated tokens/s (median)")
+            ax.legend(fontsize=7)
     hw = result.get("hardware", {})
     model = result.get("model", {})
-    fig.suptitle(f"codefill bench engine: {model.get('weights', '?')}; {hw.get('cpu', '?')}"
-                 f"{', ' + hw['gpu'] if hw.get('gpu') else ''}; torch {hw.get('torch', '?')}", fontsize=9)
+    where = hw.get("gpu") or f"{hw.get('cpu', '?')}, {hw.get('torch_threads', '?')} threads"
+    fig.suptitle(f"codefill bench engine: {model.get('weights', '?')}\n{where}; torch {hw.get('torch', '?')}; "
+                 f"load average {(hw.get('load_average') or ['?'])[0]}", fontsize=9)
     fig.tight_layout()
     out = Path(out)
     fig.savefig(out, dpi=110)

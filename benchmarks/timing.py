@@ -73,6 +73,26 @@ def time_runs(fn: Callable[[], Any], reps: int, warmup: int, sync: Callable[[], 
     return out
 
 
+def time_interleaved(fns: dict[str, Callable[[], Any]], reps: int, warmup: int,
+                     sync: Callable[[], None] = lambda: None, deadline: float | None = None) -> dict[str, list[float]]:
+    """Time several variants round-robin (one run of each per round), so that a change in the machine's load
+    during the measurement hits every variant alike; warm-up rounds are left out."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    sync()
+    out: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(max(1, reps)):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            out[name].append(time.perf_counter() - t0)
+        if deadline is not None and time.perf_counter() > deadline:
+            break
+    return out
+
+
 def cpu_model() -> str:
     """The CPU's model name from /proc/cpuinfo (platform's guess elsewhere)."""
     try:
