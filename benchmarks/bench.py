@@ -65,6 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--ar-prompt", choices=["context", "prefix"], default="context",
                    help="autoregressive prompt: the window's context (suffix then prefix; default) or the prefix")
     e.add_argument("--proto", action="store_true", help="also time prototypes of engine changes")
+    e.add_argument("--proto-compile", action="store_true",
+                   help="with --proto, also the fixed-shape step under torch.compile (compiling takes minutes)")
     e.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     e.add_argument("--omp-passive", action="store_true",
                    help="set OMP_WAIT_POLICY=PASSIVE before torch loads (on a busy CPU, spinning OpenMP threads "
@@ -123,7 +125,8 @@ def cmd_engine(args: argparse.Namespace) -> int:
         ks=args.ks, batches=args.batches, caches=[c == "on" for c in args.cache],
         dtypes=[DTYPE_NAMES[d] for d in dict.fromkeys(args.dtypes)], reps=args.reps, warmup=args.warmup,
         steps=args.steps, refresh_every=args.refresh_every, device=args.device, window=args.window,
-        baselines=[b for b in args.baselines if b != "none"], ar_prompt=args.ar_prompt, proto=args.proto,
+        baselines=[b for b in args.baselines if b != "none"], ar_prompt=args.ar_prompt,
+        proto=args.proto or args.proto_compile, proto_compile=args.proto_compile,
         max_minutes=args.max_minutes,
     )
     if args.smoke:

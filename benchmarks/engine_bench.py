@@ -43,6 +43,7 @@ class EngineBenchConfig:
     baselines: list[str] = field(default_factory=lambda: ["ours", "hf"])
     ar_prompt: str = "context"  # "context": the window's prefix and suffix tokens; "prefix": the prefix only
     proto: bool = False  # also time the prototypes of engine changes (benchmarks/proto.py)
+    proto_compile: bool = False  # and the fixed-shape step under torch.compile (inductor; compiles take minutes)
     max_minutes: float = 0.0  # > 0: skip what is left once this much time has passed
 
 
@@ -196,6 +197,11 @@ def _diffusion_variants(engine: Any, reqs: list[Any], texts: list[HoleText], k: 
                              cache=cache, refresh_every=cfg.refresh_every)
         den.prepare()
         out[f"static cache={cache}"] = ("diffusion static-step", cache, den.fill, False)
+        if cfg.proto_compile:
+            den = StaticDenoiser(engine.runner.model, lay, steps, tok.mask_id, sorted(tok.end_ids), END_PENALTY,
+                                 cache=cache, refresh_every=cfg.refresh_every, mode="compile")
+            den.prepare()
+            out[f"static compiled cache={cache}"] = ("diffusion static-step compiled", cache, den.fill, False)
     if True in cfg.caches:
         out["refresh-once"] = ("diffusion refresh-once", True, fill(True, refresh_every=10**6), True)
         out["refresh-once span-logits"] = ("diffusion refresh-once span-logits", True,
