@@ -22,8 +22,16 @@ set -u
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/bench-device}"
 mkdir -p "$OUT"
-PY="${PYTHON:-python3}"
-command -v "$PY" >/dev/null 2>&1 || PY=python
+# The first interpreter that has torch (override with PYTHON=...).
+PY="${PYTHON:-}"
+if [ -z "$PY" ]; then
+  for candidate in python python3 .venv/bin/python; do
+    if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c "import torch" >/dev/null 2>&1; then
+      PY="$candidate"; break
+    fi
+  done
+fi
+if [ -z "$PY" ]; then echo "no python with torch found" | tee "$OUT/device.log"; exit 3; fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if [ -d benchmarks/vendor ]; then
   export PYTHONPATH="$PYTHONPATH:$PWD/benchmarks/vendor"
@@ -36,7 +44,7 @@ export TORCHINDUCTOR_CACHE_DIR="${TORCHINDUCTOR_CACHE_DIR:-/tmp/codefill-inducto
 } 2>&1 | tee "$OUT/device.log"
 # --budget-s: no new measurement starts after this; a compile that starts just before it still has to finish,
 # so the hard timeout leaves room for one.
-timeout -k 10 "${TIMEOUT_S:-470}" "$PY" -m benchmarks.bench device --out "$OUT" --budget-s "${BUDGET_S:-330}" \
+timeout -k 10 "${TIMEOUT_S:-470}" "$PY" -u -m benchmarks.bench device --out "$OUT" --budget-s "${BUDGET_S:-330}" \
   --peak-tflops "${PEAK_TFLOPS:-790}" "$@" 2>&1 | grep -v -E "^\s*warnings.warn|UserWarning" | tee -a "$OUT/device.log"
 rc=${PIPESTATUS[0]}
 echo "== exit status $rc (124: the hard timeout cut it short; device.json holds every figure finished)" | tee -a "$OUT/device.log"
