@@ -115,10 +115,21 @@ class LspLogHandler(logging.Handler):
     def __init__(self, server: CodefillServer) -> None:
         super().__init__()
         self.server = server
+        self.early: list[logging.LogRecord] = []  # records from before the client connected (an unwritable log file)
         self.setFormatter(logging.Formatter("%(message)s"))
+
+    def flush_early(self) -> None:
+        """Send what was logged before the event loop ran."""
+        early, self.early = self.early, []
+        for record in early:
+            self.emit(record)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
+            if self.server.loop is None:
+                if len(self.early) < 20 and record.levelno >= logging.INFO:
+                    self.early.append(record)
+                return
             kind = types.MessageType.Log
             for level, value in self.LEVELS.items():
                 if record.levelno >= level:
@@ -294,6 +305,15 @@ class CodefillServer(LanguageServer):
 
     # -- documents --------------------------------------------------------------------------------
 
+    @property
+    def position_encoding(self) -> str:
+        """The column encoding agreed at initialize: utf-16 unless the client preferred utf-8 or utf-32."""
+        try:
+            enc = self.workspace.position_encoding or "utf-16"
+        except RuntimeError:  # no workspace before initialize
+            return "utf-16"
+        return str(getattr(enc, "value", enc))
+
     def document(self, uri: str) -> Document | None:
         """An open document, or a file on disk (decoded leniently); None when there is neither."""
         opened = self.workspace.text_documents.get(uri)
@@ -333,8 +353,9 @@ class CodefillServer(LanguageServer):
         typed = text[len(c.before):offset]
         if len(typed) >= len(c.insert) or not c.insert.startswith(typed):
             return None
-        rng = types.Range(_lsp(position_at(text, offset, starts)),
-                          _lsp(position_at(text, len(text) - len(c.after), starts)))
+        enc = self.position_encoding
+        rng = types.Range(_lsp(position_at(text, offset, starts, enc)),
+                          _lsp(position_at(text, len(text) - len(c.after), starts, enc)))
         return Suggestion(rng, c.insert[len(typed):])
 
     async def suggest(
@@ -356,8 +377,9 @@ class CodefillServer(LanguageServer):
             return []
         text = doc.text
         starts = line_starts(text)
-        offset = offset_at(text, Pos(position.line, position.character), starts)
-        end = offset_at(text, Pos(selection_end.line, selection_end.character), starts) if selection_end else None
+        enc = self.position_encoding
+        offset = offset_at(text, Pos(position.line, position.character), starts, enc)
+        end = offset_at(text, Pos(selection_end.line, selection_end.character), starts, enc) if selection_end else None
         if end is None or end == offset:
             hit = self._from_cache(uri, text, offset, starts)
             if hit is not None and not invoked:
@@ -397,7 +419,8 @@ class CodefillServer(LanguageServer):
         self.cache[uri] = CachedFill(text[: hole.start], text[hole.end :], inserts[0])
         if job.cancel.is_set() or self.version_of(uri) != doc.version:
             return []  # stale: the cache above still serves the user typing through it
-        rng = types.Range(_lsp(position_at(text, hole.start, starts)), _lsp(position_at(text, hole.end, starts)))
+        rng = types.Range(_lsp(position_at(text, hole.start, starts, enc)),
+                          _lsp(position_at(text, hole.end, starts, enc)))
         return [Suggestion(rng, insert) for insert in inserts]
 
     def _fill_job(
@@ -455,11 +478,13 @@ def make_server(settings: Settings | None = None, engine_factory: str | None = N
                 engine_spec: EngineSpec | None = None) -> CodefillServer:
     """The server with its features registered."""
     server = CodefillServer(settings, engine_factory, engine_spec)
-    logging.getLogger("codefill").addHandler(LspLogHandler(server))
+    lsp_log = LspLogHandler(server)
+    logging.getLogger("codefill").addHandler(lsp_log)
 
     @server.feature(types.INITIALIZE)
     def initialize(ls: CodefillServer, params: types.InitializeParams) -> None:
         ls.loop = asyncio.get_running_loop()
+        ls.loop.call_soon(lsp_log.flush_early)  # e.g. the log file named on the command line cannot be written
         if params.initialization_options is not None:
             ls.apply_settings(params.initialization_options)
         # Start the load once this answer is on its way: the import of torch would hold the GIL meanwhile.

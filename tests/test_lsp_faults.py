@@ -1,0 +1,272 @@
+"""Faults the server must live through, each on a fresh server process over stdio: the engine process killed
+mid-request, broken checkpoints, an unwritable log file, no engine at an address, and the GPU running out of memory.
+
+Every request is answered (null where there is no fill), a problem is one clear message rather than one per
+keystroke, and fills come back once the cause is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from lsprotocol import types
+
+from engine import serve
+from engine.serve import Address
+from lsp_fixtures.harness import FAKE_ENGINE, REPO, inline, open_doc, start_server, stop_server
+
+FAKE = ["--engine-factory", FAKE_ENGINE, "--debounce-ms", "0"]
+FAULTS = REPO / "tests" / "lsp_fixtures" / "fault_engine.py"
+
+
+def shown(client, kind: types.MessageType) -> list[str]:
+    """window/showMessage texts of one kind."""
+    return [m.message for m in client.messages if m.type == kind]
+
+
+def logged(client, kind: types.MessageType) -> list[str]:
+    """window/logMessage texts of one kind."""
+    return [m.message for m in client.log_messages if m.type == kind]
+
+
+async def eventually(check, timeout: float, what: str, every: float = 0.1):
+    """Await check() (a coroutine function) until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(what)
+        await asyncio.sleep(every)
+
+
+@pytest.fixture
+def runtime():
+    """A private XDG_RUNTIME_DIR (short: socket paths are limited to 107 bytes); its engines are stopped after."""
+    path = Path(tempfile.mkdtemp(prefix="cf-", dir="/tmp"))
+    yield path
+    for sock in (path / "codefill").glob("*.sock"):
+        try:
+            serve.request_once(Address("unix", path=str(sock)), "shutdown", timeout=5)
+        except Exception:
+            pass
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def engine_socket(runtime: Path) -> Address:
+    socks = list((runtime / "codefill").glob("*.sock"))
+    assert len(socks) == 1, socks
+    return Address("unix", path=str(socks[0]))
+
+
+def broken_copies(tiny_model_dir: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """A copy of the tiny model with its weights cut in half, and one whose config no longer fits its weights."""
+    truncated = Path(shutil.copytree(tiny_model_dir, tmp_path / "truncated"))
+    weights = truncated / "model.safetensors"
+    with open(weights, "r+b") as f:
+        f.truncate(weights.stat().st_size // 2)
+    wrong = Path(shutil.copytree(tiny_model_dir, tmp_path / "wrong-shapes"))
+    config = json.loads((wrong / "config.json").read_text())
+    config.update(hidden_size=config["hidden_size"] + 16, intermediate_size=config["intermediate_size"] * 2)
+    (wrong / "config.json").write_text(json.dumps(config))
+    return truncated, wrong
+
+
+async def test_engine_killed_mid_request_is_answered_and_the_engine_comes_back(runtime, tmp_path) -> None:
+    calls = tmp_path / "calls.jsonl"
+    client = await start_server(FAKE + ["--engine", "auto"],
+                                env={"XDG_RUNTIME_DIR": str(runtime), "CODEFILL_FAKE_LOG": str(calls)})
+    try:
+        address = engine_socket(runtime)
+        pid = serve.request_once(address, "health")["pid"]
+        uri = "file:///killed.py"
+        open_doc(client, uri, '# codefill-fake-sleep: 60\n# codefill-fake: "1"\nx = \n')
+        request = asyncio.ensure_future(inline(client, uri, 2, 4))
+        await eventually(lambda: asyncio.sleep(0, calls.exists()), 20, "the fill reaching the engine")
+        os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        assert await asyncio.wait_for(request, 10) is None  # answered, not left hanging
+        assert time.monotonic() - killed < 3
+
+        uri = "file:///after.py"
+        open_doc(client, uri, '# codefill-fake: "2"\nx = \n')
+        started = time.monotonic()
+        await inline(client, uri, 1, 4)  # null while the engine restarts, but at once
+        assert time.monotonic() - started < 2
+
+        async def filled():
+            result = await inline(client, uri, 1, 4)
+            return result is not None and result.items[0].insert_text == "2"
+
+        await eventually(filled, 120, "fills after the restart", every=0.3)
+        assert serve.request_once(address, "health")["pid"] != pid
+        warnings = logged(client, types.MessageType.Warning)
+        assert any("went away" in m for m in warnings), warnings
+        assert any("the engine is back" in m for m in logged(client, types.MessageType.Info))
+        assert not shown(client, types.MessageType.Error)
+    finally:
+        await stop_server(client)
+
+
+async def test_broken_checkpoints_are_one_clear_message_each(tiny_model_dir, tmp_path) -> None:
+    truncated, wrong = broken_copies(tiny_model_dir, tmp_path)
+    client = await start_server(["--model", str(truncated), "--device", "cpu", "--debounce-ms", "0"])
+    try:
+        errors = shown(client, types.MessageType.Error)
+        assert len(errors) == 1 and "could not be loaded" in errors[0] and "truncated safetensors" in errors[0]
+        uri = "file:///broken.py"
+        open_doc(client, uri, "def f(x):\n    return \n")
+        assert await inline(client, uri, 1, 11) is None
+        assert await inline(client, uri, 1, 11) is None
+
+        client.workspace_did_change_configuration(
+            types.DidChangeConfigurationParams(settings={"modelPath": str(wrong)}))
+
+        async def second_error():
+            await asyncio.sleep(0.1)
+            return len(shown(client, types.MessageType.Error)) == 2
+
+        await eventually(second_error, 60, "the second model's error")
+        error = shown(client, types.MessageType.Error)[1]
+        assert "has shape" in error and "config.json implies" in error
+        assert await inline(client, uri, 1, 11) is None
+        assert len(shown(client, types.MessageType.Error)) == 2  # no message per request
+    finally:
+        await stop_server(client)
+
+
+async def test_broken_checkpoint_in_a_started_engine(runtime, tiny_model_dir, tmp_path) -> None:
+    _, wrong = broken_copies(tiny_model_dir, tmp_path)
+    client = await start_server(["--engine", "auto", "--model", str(wrong), "--device", "cpu"],
+                                env={"XDG_RUNTIME_DIR": str(runtime)})
+    try:
+        errors = shown(client, types.MessageType.Error)
+        assert len(errors) == 1 and "has shape" in errors[0], errors
+        uri = "file:///broken-remote.py"
+        open_doc(client, uri, "x = \n")
+        assert await inline(client, uri, 0, 4) is None
+        socks = list((runtime / "codefill").glob("*.sock"))
+
+        async def engine_gone():
+            return not any(s.exists() for s in socks)
+
+        await eventually(engine_gone, 20, "the engine that could not load to exit")  # it does not linger
+    finally:
+        await stop_server(client)
+
+
+async def test_no_engine_at_the_address_is_one_message(tmp_path) -> None:
+    client = await start_server(FAKE + ["--engine", f"unix:{tmp_path}/nobody.sock"])
+    try:
+        errors = shown(client, types.MessageType.Error)
+        assert len(errors) == 1 and "no engine at unix:" in errors[0] and "codefill serve" in errors[0]
+        open_doc(client, "file:///x.py", '# codefill-fake: "1"\nx = \n')
+        assert await inline(client, "file:///x.py", 1, 4) is None
+    finally:
+        await stop_server(client)
+
+
+async def test_unwritable_log_file_is_a_warning(tmp_path) -> None:
+    log_path = tmp_path / "missing" / "dir" / "codefill.log"
+    client = await start_server(FAKE + ["--log-file", str(log_path)])
+    try:
+        async def warned():
+            await asyncio.sleep(0.05)
+            return [m for m in logged(client, types.MessageType.Warning) if str(log_path) in m]
+
+        await eventually(warned, 10, "a warning about the log file")
+        open_doc(client, "file:///logless.py", '# codefill-fake: "1"\nx = \n')
+        result = await inline(client, "file:///logless.py", 1, 4)
+        assert result is not None and result.items[0].insert_text == "1"
+        assert not log_path.exists()
+    finally:
+        await stop_server(client)
+
+
+async def test_gpu_out_of_memory_falls_back_to_the_cpu() -> None:
+    client = await start_server(["--engine-factory", f"{FAULTS}:make_gpu_oom_engine", "--device", "cuda",
+                                 "--debounce-ms", "0"])
+    try:
+        for n in range(3):
+            uri = f"file:///oom{n}.py"
+            open_doc(client, uri, f'# codefill-fake: "{n}"\nx = \n')
+            result = await inline(client, uri, 1, 4)
+            assert result is not None and result.items[0].insert_text == str(n)
+        warnings = shown(client, types.MessageType.Warning)
+        assert len(warnings) == 1, warnings  # one message, not one per request
+        assert "out of memory" in warnings[0] and "CPU" in warnings[0]
+    finally:
+        await stop_server(client)
+
+
+async def test_out_of_memory_everywhere_is_null_and_one_message() -> None:
+    client = await start_server(["--engine-factory", f"{FAULTS}:make_oom_engine", "--device", "cpu",
+                                 "--debounce-ms", "0"])
+    try:
+        uri = "file:///oom.py"
+        open_doc(client, uri, '# codefill-fake: "1"\nx = \n')
+        for _ in range(3):
+            assert await inline(client, uri, 1, 4) is None
+        errors = shown(client, types.MessageType.Error)
+        assert len(errors) == 1 and "out of memory" in errors[0], errors
+        assert client.init_result.server_info.name == "codefill"
+    finally:
+        await stop_server(client)
+
+
+def test_out_of_memory_retries_with_a_smaller_budget() -> None:
+    from lsp_server.engine_client import InProcessEngine
+
+    notices: list[tuple[int, str]] = []
+    engine = InProcessEngine(factory=f"{FAULTS}:make_budget_oom_engine", device="cuda",
+                             notify=lambda level, message: notices.append((level, message)))
+    engine.load()
+    for _ in range(2):
+        result = engine.fill('# codefill-fake: "small"\nx = ', "\n", 32, False)
+        assert result.text == "small"
+    assert engine.device == "cuda"  # no move to the CPU was needed
+    assert len(notices) == 1 and "smaller budget" in notices[0][1]
+
+
+def test_a_cancelled_remote_fill_sends_cancel(tmp_path) -> None:
+    """RemoteEngine.fill returns at once when its event is set, and the engine stops the fill."""
+    from engine.errors import FillCancelled
+    from engine.serve import EngineHost, EngineServer
+    from lsp_server.engine_client import RemoteEngine
+
+    host = EngineHost(factory=FAKE_ENGINE)
+    host.load()
+    server = EngineServer(host, Address("unix", path=str(tmp_path / "e.sock")))
+    server.start()
+    remote = RemoteEngine(f"unix:{tmp_path / 'e.sock'}")
+    try:
+        remote.load()
+        assert remote.ready
+        cancel = threading.Event()
+        threading.Timer(0.3, cancel.set).start()
+        started = time.monotonic()
+        with pytest.raises(FillCancelled):
+            remote.fill("# codefill-fake-sleep: 30\nx = ", "\n", 8, False, cancel=cancel, key="file:///c.py")
+        assert time.monotonic() - started < 2
+
+        def stopped() -> bool:
+            return remote.health()["requests_served"] >= 1  # answered (cancelled) by the engine, not still sleeping
+
+        deadline = time.monotonic() + 5
+        while not stopped():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert remote.fill('# codefill-fake: "ok"\nx = ', "\n", 8, False).text == "ok"
+    finally:
+        remote.close()
+        server.stop()
