@@ -1,4 +1,8 @@
-"""LSP positions (line, UTF-16 code unit) <-> offsets into a Python string (code points)."""
+"""LSP positions (line, code unit) <-> offsets into a Python string (code points).
+
+Columns count UTF-16 code units unless the client and server agreed on another encoding at initialize
+(`utf-8` bytes or `utf-32` code points): pass the negotiated one as `encoding`.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +22,24 @@ def utf16_len(text: str) -> int:
     if text.isascii():
         return len(text)
     return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
+def unit_width(ch: str, encoding: str) -> int:
+    """Code units of one character in a position encoding."""
+    if encoding == "utf-8":
+        return len(ch.encode("utf-8", "surrogatepass"))
+    if encoding == "utf-32":
+        return 1
+    return 2 if ord(ch) > 0xFFFF else 1
+
+
+def units_len(text: str, encoding: str = "utf-16") -> int:
+    """Length of text in the encoding's code units."""
+    if text.isascii() or encoding == "utf-32":
+        return len(text)
+    if encoding == "utf-8":
+        return len(text.encode("utf-8", "surrogatepass"))
+    return utf16_len(text)
 
 
 def line_starts(text: str) -> list[int]:
@@ -50,7 +72,7 @@ def _line_end(text: str, starts: list[int], line: int) -> int:
     return end
 
 
-def offset_at(text: str, pos: Pos, starts: list[int] | None = None) -> int:
+def offset_at(text: str, pos: Pos, starts: list[int] | None = None, encoding: str = "utf-16") -> int:
     """Offset of an LSP position, clamped into the document (past a line's end -> its end)."""
     starts = starts if starts is not None else line_starts(text)
     if pos.line < 0:
@@ -65,12 +87,12 @@ def offset_at(text: str, pos: Pos, starts: list[int] | None = None) -> int:
     units = 0
     i = start
     while i < end and units < want:
-        units += 2 if ord(text[i]) > 0xFFFF else 1
+        units += unit_width(text[i], encoding)
         i += 1
     return i
 
 
-def position_at(text: str, offset: int, starts: list[int] | None = None) -> Pos:
+def position_at(text: str, offset: int, starts: list[int] | None = None, encoding: str = "utf-16") -> Pos:
     """LSP position of an offset (clamped into the document)."""
     starts = starts if starts is not None else line_starts(text)
     offset = min(max(offset, 0), len(text))
@@ -81,4 +103,4 @@ def position_at(text: str, offset: int, starts: list[int] | None = None) -> Pos:
             lo = mid
         else:
             hi = mid - 1
-    return Pos(lo, utf16_len(text[starts[lo]:offset]))
+    return Pos(lo, units_len(text[starts[lo]:offset], encoding))

@@ -7,7 +7,8 @@ channel: it types in insert mode, waits, reads extmarks and buffer lines.
 The server is real; its engine is the scripted fake of tests/lsp_fixtures (the document names the fill), so that
 the assertions can be exact about the mechanics: the ghost text shows what the server returned, accepting inserts
 exactly that at the right place, :CodefillFill replaces the selection. CODEFILL_NVIM_REAL_MODEL=1 runs the same
-session with the built-in model instead, checking only the mechanics that do not depend on what the model writes.
+session with the built-in model (or CODEFILL_NVIM_MODEL=<model dir>) instead, checking only the mechanics that do
+not depend on what the model writes.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 PLUGIN = REPO / "editors" / "nvim"
 FAKE_ENGINE = f"{REPO / 'tests' / 'lsp_fixtures' / 'fake_engine.py'}:make_engine"
 REAL_MODEL = os.environ.get("CODEFILL_NVIM_REAL_MODEL") == "1"
+MODEL = os.environ.get("CODEFILL_NVIM_MODEL")  # a model directory for the real-model run (default: built-in)
 
 pynvim = pytest.importorskip("pynvim", reason="pynvim is not installed (pip install pynvim)")
 
@@ -88,7 +90,8 @@ def _lua(value: Any) -> str:
 
 def start_nvim(tmp: Path, **setup: Any):
     """A headless nvim with the plugin set up against `python -m lsp_server` (setup: extra setup() options)."""
-    cmd = [sys.executable, "-m", "lsp_server"] + ([] if REAL_MODEL else ["--engine-factory", FAKE_ENGINE])
+    cmd = [sys.executable, "-m", "lsp_server"]
+    cmd += (["--model", MODEL] if MODEL else []) if REAL_MODEL else ["--engine-factory", FAKE_ENGINE]
     init = tmp / "init.lua"
     extra = "".join(f"  {key} = {_lua(value)},\n" for key, value in setup.items())
     init.write_text(INIT.format(plugin=_lua(str(PLUGIN)), cmd=_lua(cmd), repo=_lua(str(REPO)),
@@ -160,6 +163,24 @@ def state(nvim) -> dict:
     return cf(nvim, "._state()")
 
 
+def wait_ghost(nvim, what: str, responses_before: int) -> dict:
+    """The ghost text; with the real model, skip when the server answered with no fill (that is the model's call)."""
+    def shown() -> Any:
+        g = ghost(nvim)
+        if g:
+            return g
+        st = state(nvim)
+        if REAL_MODEL and st["responses"] > responses_before and not st["pending"] and not st["items"]:
+            return "no fill"
+        return None
+
+    found = wait_for(what, shown, timeout=60 if REAL_MODEL else 15)
+    if found == "no fill":
+        nvim.input("<Esc>")
+        pytest.skip("the model had no fill here; the scripted engine checks these mechanics exactly")
+    return found
+
+
 def test_lua_unit() -> None:
     """The plugin's pure parts (columns, ghost layout, ranges, setup) in nvim with no server: tests/unit.lua."""
     proc = subprocess.run([NVIM, "--headless", "--clean", "-l", str(PLUGIN / "tests" / "unit.lua")],
@@ -194,8 +215,9 @@ def test_ghost_text_manual_trigger_and_accept(nvim) -> None:
     open_file(nvim, "add.py", text)
     nvim.input("3GA")  # insert mode at the end of the blank line inside the function: (3, 4)
     wait_for("insert mode", lambda: nvim.api.get_mode()["mode"] == "i")
+    before = state(nvim)["responses"]
     nvim.input("<M-\\>")  # keymaps.trigger: an Invoked request
-    g = wait_for("ghost text", lambda: ghost(nvim))
+    g = wait_ghost(nvim, "ghost text", before)
     st = state(nvim)
     item = st["items"][0]
     assert g["row"] == 2 and g["col"] == 4 and g["pos"] == "inline"
@@ -243,8 +265,9 @@ def test_ghost_text_while_typing_utf16(nvim) -> None:
     open_file(nvim, "typing.py", text)
     nvim.input("2GA")
     wait_for("insert mode", lambda: nvim.api.get_mode()["mode"] == "i")
+    before = state(nvim)["responses"]
     nvim.input("n")  # typing fires TextChangedI; the plugin asks after debounce_ms
-    g = wait_for("ghost text after typing", lambda: ghost(nvim))
+    g = wait_ghost(nvim, "ghost text after typing", before)
     st = state(nvim)
     enc = nvim.exec_lua("return require('codefill').client().offset_encoding")
     assert enc == "utf-16"  # the plugin asks for it first (position_encoding)
@@ -326,8 +349,14 @@ def test_completion_fallback(nvim, fill: str) -> None:
     nvim.input("3GA")
     wait_for("insert mode", lambda: nvim.api.get_mode()["mode"] == "i")
     nvim.input("<C-x><C-o>")
-    info = wait_for("the completion menu", lambda: (lambda i: i if i["items"] else None)(
-        nvim.exec_lua("return vim.fn.complete_info({ 'items', 'pum_visible' })")))
+    try:
+        info = wait_for("the completion menu", lambda: (lambda i: i if i["items"] else None)(
+            nvim.exec_lua("return vim.fn.complete_info({ 'items', 'pum_visible' })")), timeout=30 if REAL_MODEL else 15)
+    except AssertionError:
+        if not REAL_MODEL:
+            raise
+        nvim.input("<Esc>")
+        pytest.skip("the model had no fill here; the scripted engine checks these mechanics exactly")
     words = [item["word"] for item in info["items"]]
     if REAL_MODEL:
         nvim.input("<Esc>")
@@ -346,11 +375,8 @@ def test_completion_fallback(nvim, fill: str) -> None:
     nvim.input("<Esc>")
 
 
-@pytest.mark.xfail(reason="server bug: codefill-lsp negotiates utf-8 with Neovim but counts columns in UTF-16 "
-                          "(lsp_server/positions.py); the plugin asks for utf-16 by default to avoid it",
-                   strict=False)
 def test_server_honours_negotiated_utf8(tmp_path: Path) -> None:
-    session = start_nvim(tmp_path, position_encoding=None)  # Neovim's own order: utf-8 first
+    session = start_nvim(tmp_path, position_encoding=False)  # no preference: Neovim offers utf-8 first
     try:
         text = '# codefill-fake: "ame"\ns = "é😀" + \n'
         open_file(session, "enc.py", text)
