@@ -18,7 +18,7 @@ import {
 } from "vscode-languageclient/node";
 
 import { interpreterFromPythonApi, isResolved, resolveServerCommand } from "./serverPath";
-import { configurationPayload, needsRestart, ServerSettings, toServerSettings } from "./settings";
+import { configurationPayload, needsRestart, serverCliArgs, ServerSettings, toServerSettings } from "./settings";
 import { describeFillResult, phaseFromProgress, StatusState, statusView } from "./status";
 
 /** The languageIds the server has grammars for (lsp_server/languages.py LANGUAGE_IDS). */
@@ -123,7 +123,7 @@ async function startClient(): Promise<void> {
   output.info(`starting ${resolved.command} ${resolved.args.join(" ")} (found from the ${resolved.source})`);
 
   // No `transport`: stdio all the same, but vscode-languageclient would add `--stdio`, which codefill-lsp rejects.
-  const run = { command: resolved.command, args: resolved.args };
+  const run = { command: resolved.command, args: [...resolved.args, ...serverCliArgs(settings)] };
   const serverOptions: ServerOptions = { run, debug: run };
   const clientOptions: LanguageClientOptions = {
     documentSelector: LANGUAGES.flatMap((language) => [

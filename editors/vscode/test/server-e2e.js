@@ -14,7 +14,7 @@
 // What it cannot check: VS Code's rendering of the ghost text (see the code-server screenshot in editors/README.md).
 //
 // usage: node test/server-e2e.js [--vsix FILE | --extension-dir DIR] [--python PY] [--repo DIR]
-//                                [--engine-factory MODULE:NAME | --real-model] [--timeout S] [--verbose]
+//                                [--engine-factory MODULE:NAME | --real-model | --model DIR] [--timeout S] [--verbose]
 // Prints one JSON line with the results; exits 1 on failure.
 "use strict";
 
@@ -40,6 +40,7 @@ function parseArgs(argv) {
     else if (a === "--repo") out.repo = value();
     else if (a === "--engine-factory") out.engineFactory = value();
     else if (a === "--real-model") out.realModel = true;
+    else if (a === "--model") { out.model = value(); out.realModel = true; }
     else if (a === "--timeout") out.timeout = Number(value());
     else if (a === "--verbose") out.verbose = true;
     else throw new Error(`unknown argument ${a}`);
@@ -140,6 +141,7 @@ async function main() {
   const config = {
     "codefill.serverPath": "",
     "codefill.serverArgs": opts.engineFactory ? ["--engine-factory", opts.engineFactory] : [],
+    "codefill.modelPath": opts.model ? path.resolve(opts.model) : "",
     "codefill.debounceMs": 0,
     "codefill.logFile": logFile,
     "codefill.enabled": true,
@@ -168,7 +170,11 @@ async function main() {
 
   // 2. status bar: starting -> loading -> ready from $/progress
   const item = harness.recorded.statusItems[0];
-  await waitFor("the status bar to say ready", () => api.state().phase === "ready", timeoutMs);
+  await waitFor("the status bar to say ready", () => {
+    const st = api.state();
+    if (st.phase === "error") throw new Error(`the status bar says error: ${st.message}; ${harness.recorded.messages.map((m) => m.text).join(" | ")}`);
+    return st.phase === "ready";
+  }, timeoutMs);
   results.loadSeconds = (Date.now() - started) / 1000;
   results.statusHistory = [...new Set(item.history)];
   assert.ok(item.history.some((t) => t.includes("loading")), `never showed loading: ${item.history}`);
