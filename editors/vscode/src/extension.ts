@@ -122,7 +122,8 @@ async function startClient(): Promise<void> {
   }
   output.info(`starting ${resolved.command} ${resolved.args.join(" ")} (found from the ${resolved.source})`);
 
-  // No `transport`: stdio all the same, but vscode-languageclient would add `--stdio`, which codefill-lsp rejects.
+  // No `transport`: stdio all the same, without the `--stdio` flag vscode-languageclient would add (codefill-lsp
+  // builds before 8e68aff rejected it).
   const run = { command: resolved.command, args: [...resolved.args, ...serverCliArgs(settings)] };
   const serverOptions: ServerOptions = { run, debug: run };
   const clientOptions: LanguageClientOptions = {

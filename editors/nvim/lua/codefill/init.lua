@@ -23,8 +23,8 @@ M.defaults = {
     "build.gradle", "compile_commands.json", "Makefile" },
   settings = {}, -- server settings in the server's camelCase: { modelPath = ..., device = "cuda", steps = 8, ... }
   lsp = {}, -- anything else for vim.lsp.config("codefill", ...), e.g. { on_attach = function(client, bufnr) end }
-  -- The position encoding to ask for first. codefill-lsp 0.1.0 counts columns in UTF-16 whatever it negotiates
-  -- (Neovim offers utf-8 first), so UTF-16 it is; nil: Neovim's default order.
+  -- The position encoding to ask for first: UTF-16, the one every LSP server supports (early codefill-lsp builds
+  -- counted UTF-16 whatever they negotiated); false: Neovim's own order (utf-8 first).
   position_encoding = "utf-16",
   -- Ghost text
   inline = "auto", -- "auto": vim.lsp.inline_completion on 0.12+, the plugin's own on 0.11; "native"; "plugin"; false
