@@ -309,9 +309,9 @@ class EngineHost:
             self.loaded.set()
 
     def _make_scheduler(self, device: str) -> Any:
-        from engine.scheduler import Scheduler  # imports torch
-
         engine = build_engine(self.model, device, self.steps, self.factory)
+        from engine.scheduler import Scheduler  # imports torch (after a model that cannot load has said so)
+
         self.device = engine_device(engine, device)
         path = getattr(engine, "path", None)
         if path is not None:

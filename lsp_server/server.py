@@ -16,6 +16,7 @@ from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
 from pygls.uris import to_fs_path
+from pygls.workspace import TextDocument, Workspace
 
 from lsp_server import languages
 from lsp_server.engine_client import EngineClient, EngineSpec, Keyed, make_engine_client
@@ -47,6 +48,34 @@ class CodefillProtocol(LanguageServerProtocol):
                 log.warning("invalid params for %s (id %r): answered with an error", data.get("method"), msg_id)
                 self._send_response(msg_id, error=exc.to_response_error())
             raise
+
+
+class LspTextDocument(TextDocument):
+    """pygls's TextDocument with LSP's line breaks only: \\n, \\r\\n and \\r.
+
+    pygls splits lines with str.splitlines, which also breaks at \\x0b, \\x0c, \\x1c-\\x1e, \\x85, \\u2028 and
+    \\u2029: an edit on a line after one of those (a form feed in C or Python, a U+2028 in a JS string) landed in
+    the wrong place and the server's copy of the document drifted from the editor's.
+    """
+
+    @property
+    def lines(self) -> tuple[str, ...]:  # type: ignore[override]
+        text = self.source
+        starts = line_starts(text)
+        if starts[-1] == len(text):
+            starts.pop()  # no empty last line after a final break (as splitlines)
+        return tuple(text[a:b] for a, b in zip(starts, starts[1:] + [len(text)]))
+
+
+def use_lsp_lines(workspace: Workspace) -> None:
+    """Make a workspace create LspTextDocuments."""
+
+    def create(doc_uri: str, source: str | None = None, version: int | None = None,
+               language_id: str | None = None) -> TextDocument:
+        return LspTextDocument(doc_uri, source=source, version=version, language_id=language_id,
+                               sync_kind=workspace._sync_kind, position_codec=workspace.position_codec)
+
+    workspace._create_text_document = create  # type: ignore[method-assign]
 
 
 @dataclass
@@ -484,6 +513,7 @@ def make_server(settings: Settings | None = None, engine_factory: str | None = N
     @server.feature(types.INITIALIZE)
     def initialize(ls: CodefillServer, params: types.InitializeParams) -> None:
         ls.loop = asyncio.get_running_loop()
+        use_lsp_lines(ls.workspace)  # made by pygls just before this handler; no document is open yet
         ls.loop.call_soon(lsp_log.flush_early)  # e.g. the log file named on the command line cannot be written
         if params.initialization_options is not None:
             ls.apply_settings(params.initialization_options)

@@ -145,22 +145,23 @@ async def test_broken_checkpoints_are_one_clear_message_each(tiny_model_dir, tmp
         await stop_server(client)
 
 
-async def test_broken_checkpoint_in_a_started_engine(runtime, tiny_model_dir, tmp_path) -> None:
-    _, wrong = broken_copies(tiny_model_dir, tmp_path)
-    client = await start_server(["--engine", "auto", "--model", str(wrong), "--device", "cpu"],
+async def test_a_started_engine_that_cannot_load_is_one_message_and_does_not_linger(runtime) -> None:
+    client = await start_server(FAKE + ["--engine", "auto", "--model", "/nowhere/broken-model"],
                                 env={"XDG_RUNTIME_DIR": str(runtime)})
     try:
         errors = shown(client, types.MessageType.Error)
-        assert len(errors) == 1 and "has shape" in errors[0], errors
+        assert len(errors) == 1 and "could not be loaded" in errors[0] and "broken-model" in errors[0], errors
         uri = "file:///broken-remote.py"
-        open_doc(client, uri, "x = \n")
-        assert await inline(client, uri, 0, 4) is None
+        open_doc(client, uri, '# codefill-fake: "1"\nx = \n')
+        assert await inline(client, uri, 1, 4) is None
         socks = list((runtime / "codefill").glob("*.sock"))
+        assert socks
 
         async def engine_gone():
             return not any(s.exists() for s in socks)
 
-        await eventually(engine_gone, 20, "the engine that could not load to exit")  # it does not linger
+        await eventually(engine_gone, 20, "the engine that could not load to exit")
+        assert len(shown(client, types.MessageType.Error)) == 1
     finally:
         await stop_server(client)
 
