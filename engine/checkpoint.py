@@ -430,17 +430,60 @@ def _atomic_write(target: Path, write) -> None:  # type: ignore[no-untyped-def]
         raise
 
 
+def _plan_shards(state: dict[str, torch.Tensor], metadata: dict[str, str], max_bytes: int) -> list[list[str]]:
+    """Tensor names grouped, in order, so that each group's safetensors file is at most max_bytes."""
+
+    def file_size(names: list[str]) -> int:
+        header: dict[str, Any] = {"__metadata__": metadata}
+        offset = 0
+        for n in names:
+            t = state[n]
+            size = t.numel() * t.element_size()
+            header[n] = {"dtype": "BF16", "shape": list(t.shape), "data_offsets": [offset, offset + size]}
+            offset += size
+        # safetensors pads the header to a multiple of 8 bytes; leave room for that and for its own spacing.
+        return 8 + len(json.dumps(header)) + 8 + 64 + offset
+
+    groups: list[list[str]] = []
+    current: list[str] = []
+    for name in state:
+        if file_size([name]) > max_bytes:
+            t = state[name]
+            raise CheckpointError(
+                f"tensor {name!r} ({t.numel() * t.element_size():,} bytes) does not fit a shard of {max_bytes:,} bytes"
+            )
+        if current and file_size(current + [name]) > max_bytes:
+            groups.append(current)
+            current = []
+        current.append(name)
+    groups.append(current)
+    return groups
+
+
+def _indexed_shards(out: Path) -> set[str]:
+    """Shard files named by an existing index in out (to remove the ones a new save no longer uses)."""
+    try:
+        weight_map = json.loads((out / INDEX_FILE).read_text()).get("weight_map", {})
+        return {s for s in weight_map.values() if isinstance(s, str) and "/" not in s and s.endswith(".safetensors")}
+    except (OSError, ValueError, AttributeError):
+        return set()
+
+
 def save_model(
     model: DiffusionLM,
     tokenizer: str | os.PathLike[str] | CodeTokenizer | Tokenizer,
     out_dir: str | os.PathLike[str],
     dtype: torch.dtype | None = None,
+    max_shard_bytes: int | None = None,
 ) -> Path:
     """Write `out_dir` in our own format: config.json (ModelConfig), model.safetensors, tokenizer.json.
 
     Weights keep our parameter names; a tied lm_head is not written (it is the embedding). dtype casts floating
-    weights (e.g. torch.bfloat16 to halve the file); None keeps them as they are. Each file is written to a
-    temporary name and renamed into place. Returns the directory.
+    weights (e.g. torch.bfloat16 to halve the file); None keeps them as they are. max_shard_bytes (None: one file)
+    splits weights that do not fit one file of that size into model-0000i-of-0000n.safetensors shards listed in
+    model.safetensors.index.json, each file at most that size (a single tensor larger than it is an error).
+    Each file is written to a temporary name and renamed into place; weight files of the other layout left from an
+    earlier save are removed. Returns the directory.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -456,7 +499,28 @@ def save_model(
 
     _atomic_write(out / CONFIG_FILE, lambda p: p.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n"))
     metadata = {"format": "pt", "family": cfg.family}
-    _atomic_write(out / WEIGHTS_FILE, lambda p: save_file(state, str(p), metadata=metadata))
+    shards = _plan_shards(state, metadata, max_shard_bytes) if max_shard_bytes is not None else [list(state)]
+    old_shards = _indexed_shards(out)
+    if len(shards) == 1:
+        _atomic_write(out / WEIGHTS_FILE, lambda p: save_file(state, str(p), metadata=metadata))
+        (out / INDEX_FILE).unlink(missing_ok=True)
+        written: set[str] = {WEIGHTS_FILE}
+    else:
+        weight_map: dict[str, str] = {}
+        written = set()
+        for i, names in enumerate(shards, 1):
+            shard = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+            part = {n: state[n] for n in names}
+            _atomic_write(out / shard, lambda p, part=part: save_file(part, str(p), metadata=metadata))
+            weight_map.update((n, shard) for n in names)
+            written.add(shard)
+        total = sum(t.numel() * t.element_size() for t in state.values())
+        index = {"metadata": {"total_size": total, **metadata}, "weight_map": weight_map}
+        # The index goes last: a reader never sees an index naming shards that are not there yet.
+        (out / WEIGHTS_FILE).unlink(missing_ok=True)  # a single file would shadow the shards (see _weight_files)
+        _atomic_write(out / INDEX_FILE, lambda p: p.write_text(json.dumps(index, indent=1) + "\n"))
+    for stale in old_shards - written:
+        (out / stale).unlink(missing_ok=True)
 
     target = out / TOKENIZER_FILE
     if isinstance(tokenizer, CodeTokenizer):

@@ -92,16 +92,28 @@ def cmd_fill(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Build the corpus and tokenizer when missing, then train (or resume) a run."""
-    from training.pipeline import prepare_data
-    from training.train import PRESETS, TrainConfig, train
+    from training.train import PRESETS, TrainConfig, data_ready, train
 
     if args.preset not in PRESETS:
         raise UsageError(f"--preset must be one of {', '.join(PRESETS)}")
+    if args.init_from and not Path(args.init_from, "config.json").is_file():
+        raise UsageError(f"--init-from {args.init_from}: not a model directory (no config.json)")
+    if args.save_dtype and args.save_dtype not in ("float32", "bfloat16", "float16"):
+        raise UsageError("--save-dtype must be float32, bfloat16 or float16")
     data = Path(args.data)
-    prepare_data(data, [Path(p) for p in args.source], Path(args.wheels) if args.wheels else None, args.vocab)
+    if not data_ready(data) or args.source or args.wheels:  # packed data (training/device_data.py) is ready as is
+        from training.pipeline import prepare_data
+
+        prepare_data(data, [Path(p) for p in args.source], Path(args.wheels) if args.wheels else None, args.vocab)
+    extra = {"warmup_steps": args.warmup_steps, "eval_every": args.eval_every,
+             "checkpoint_minutes": args.checkpoint_minutes}
     cfg = TrainConfig(preset=args.preset, batch_size=args.batch_size, lr=args.lr, minutes=args.minutes,
-                      max_steps=args.max_steps, seed=args.seed, threads=args.threads)
-    train(Path(args.run), data, cfg, args.device)
+                      max_steps=args.max_steps, seed=args.seed, threads=args.threads, workers=args.workers,
+                      compile=args.compile, log_seconds=args.log_seconds,
+                      **{k: v for k, v in extra.items() if v is not None})
+    train(Path(args.run), data, cfg, args.device, init_from=Path(args.init_from) if args.init_from else None,
+          export_dir=Path(args.export) if args.export else None, shard_mb=args.shard_mb,
+          save_dtype=args.save_dtype)
     return 0
 
 
@@ -135,6 +147,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=int, default=0)
     t.add_argument("--device", default="auto")
+    t.add_argument("--init-from", default=None, metavar="DIR",
+                   help="start from this model directory's weights with a fresh optimizer (when --run has no state)")
+    t.add_argument("--export", default=None, metavar="DIR",
+                   help="also write the model here (no optimizer state) at each checkpoint and at the end")
+    t.add_argument("--shard-mb", type=float, default=0.0, help="--export: weight shards of at most this many MiB")
+    t.add_argument("--save-dtype", default=None, help="--export: cast the weights (bfloat16 halves them)")
+    t.add_argument("--workers", type=int, default=0, help="background processes drawing batches")
+    t.add_argument("--compile", action="store_true", help="torch.compile the forward (eager if that fails)")
+    t.add_argument("--log-seconds", type=float, default=0.0, help="a progress line every N seconds")
+    t.add_argument("--warmup-steps", type=int, default=None)
+    t.add_argument("--eval-every", type=int, default=None, help="steps between validation losses")
+    t.add_argument("--checkpoint-minutes", type=float, default=None)
     t.set_defaults(func=cmd_train)
 
     for name, module, helptext in [

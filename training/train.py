@@ -3,6 +3,11 @@
 A run directory holds a loadable model (config.json, model.safetensors, tokenizer.json) and the training state
 (train_state.safetensors for the optimizer, train_state.json for counters), so any later session, on the CPU or a
 lent GPU, continues the same model.
+
+A lent GPU cannot send the optimizer state back (its files are too large to return), so a device session instead
+starts from a model directory's weights with a fresh optimizer (train(init_from=...)) and exports its result as a
+small model directory (export_dir: bf16 shards under the return size limit, plus training.json with the counters
+of every session so far). training/device_train.sh drives that.
 """
 
 from __future__ import annotations
@@ -13,10 +18,12 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torch.utils.data
 from safetensors.torch import load_file, save_file
 
 from engine.config import ModelConfig
@@ -28,8 +35,13 @@ from training.objective import Batch, ExampleSampler, ObjectiveConfig
 PRESETS: dict[str, ModelConfig] = {
     # ~6.8M parameters: what two CPU cores can train in about an hour.
     "cpu": ModelConfig(hidden_size=256, num_layers=6, num_heads=4, num_kv_heads=4, intermediate_size=688),
-    # ~30M parameters: for a lent GPU.
-    "gpu": ModelConfig(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=4, intermediate_size=1376),
+    # ~19.4M parameters (8,192-token vocabulary): for a lent GPU. Sized by the device's transfer limits, not its
+    # speed: the model travels back to the next device in the working tree (64 MiB in all), in bf16 (37 MiB) beside
+    # the packed training data (~20 MiB, training/device_data.py) and the rest of the repository. Deep and narrow:
+    # 10 layers of width 384 (6 heads of 64, 3 key/value heads).
+    "gpu": ModelConfig(hidden_size=384, num_layers=10, num_heads=6, num_kv_heads=3, intermediate_size=1024),
+    # A few thousand parameters beside the embedding: for smoke runs and tests.
+    "tiny": ModelConfig(hidden_size=32, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=64),
 }
 
 
@@ -51,6 +63,9 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    workers: int = 0  # processes drawing batches in the background (0: the training process draws them)
+    compile: bool = False  # torch.compile the model's forward (falls back to eager if compiling fails)
+    log_seconds: float = 0.0  # > 0: a progress line every this many seconds instead of a \r line every 10 steps
 
 
 @dataclass
@@ -62,6 +77,74 @@ class TrainState:
     seconds: float = 0.0
     sessions: list[dict] = field(default_factory=list)
     history: list[dict] = field(default_factory=list)
+
+
+class FastSampler(ExampleSampler):
+    """ExampleSampler with the document draw done by a precomputed CDF: the same random stream and the same
+    examples (Generator.choice with p draws one uniform and searches the normalised cumulative sum), about twice
+    as many examples per second."""
+
+    def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        cdf = self.doc_p.cumsum()
+        cdf /= cdf[-1]
+        self.doc_cdf = cdf
+
+    def window(self) -> tuple[np.ndarray, int]:
+        """A window of up to cfg.window tokens inside one document, and its global start."""
+        d = int(self.doc_cdf.searchsorted(self.rng.random(), side="right"))
+        a, b = int(self.data.doc_starts[d]), int(self.data.doc_starts[d + 1])
+        w = self.cfg.window
+        start = a if b - a <= w else int(self.rng.integers(a, b - w + 1))
+        return self.data.tokens[start : min(b, start + w)].astype(np.int64), start
+
+
+def load_split(data_dir: Path, split: str) -> TokenArrays:
+    """data_dir/{split}.npz, or the compact {split}.pack.npz that training/device_data.py writes."""
+    plain = data_dir / f"{split}.npz"
+    if plain.exists():
+        return TokenArrays.load(plain)
+    from training.device_data import load_packed
+
+    return load_packed(data_dir / f"{split}.pack.npz")
+
+
+def data_ready(data_dir: Path) -> bool:
+    """Whether data_dir already holds what train() reads (a tokenizer and both splits, plain or packed)."""
+    return (data_dir / "tokenizer.json").exists() and all(
+        (data_dir / f"{s}.npz").exists() or (data_dir / f"{s}.pack.npz").exists() for s in ("train", "valid"))
+
+
+class _BatchStream(torch.utils.data.IterableDataset):
+    """Endless batches from one FastSampler per loader worker, each seeded differently."""
+
+    def __init__(self, data: TokenArrays, cfg: TrainConfig, tok: CodeTokenizer, seed: int) -> None:
+        self.data, self.cfg, self.seed = data, cfg, seed
+        self.mask_id, self.end_id, self.newlines = tok.mask_id, tok.end_id, set(tok.newline_ids)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        info = torch.utils.data.get_worker_info()
+        wid = info.id if info is not None else 0
+        sampler = FastSampler(self.data, self.cfg.objective, self.mask_id, self.end_id, self.newlines,
+                              seed=self.seed * 1009 + 7919 * (wid + 1))
+        while True:
+            b = sampler.batch(self.cfg.batch_size)
+            yield b.ids, b.targets, b.weights
+
+
+def batch_source(data: TokenArrays, cfg: TrainConfig, tok: CodeTokenizer, seed: int,
+                 pin: bool) -> Iterator[Batch]:
+    """Training batches: drawn in this process (cfg.workers 0, the exact stream of ExampleSampler(seed)) or by
+    cfg.workers background processes."""
+    if cfg.workers <= 0:
+        sampler = FastSampler(data, cfg.objective, tok.mask_id, tok.end_id, set(tok.newline_ids), seed=seed)
+        while True:
+            yield sampler.batch(cfg.batch_size)
+    loader = torch.utils.data.DataLoader(_BatchStream(data, cfg, tok, seed), batch_size=None,
+                                         num_workers=cfg.workers, pin_memory=pin, prefetch_factor=4,
+                                         persistent_workers=False)
+    for ids, targets, weights in loader:
+        yield Batch(ids, targets, weights)
 
 
 def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
@@ -172,8 +255,69 @@ def fmt_time(s: float) -> str:
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def train(run: Path, data_dir: Path, cfg: TrainConfig, device_name: str = "auto") -> TrainState:
-    """Train (or resume) the model in run, for cfg.minutes of wall time."""
+def init_model_from(src: Path, tok: CodeTokenizer, device: torch.device) -> tuple[DiffusionLM, TrainState]:
+    """A model directory's weights (float32, on device) and its counters from training.json when it has one.
+
+    The directory's tokenizer must be the training data's: the same ids for the same text.
+    """
+    from engine.checkpoint import load_model
+
+    model, src_tok = load_model(src, device="cpu", dtype=torch.float32)
+    if (src_tok.tok.get_vocab() != tok.tok.get_vocab() or src_tok.mask_id != tok.mask_id
+            or src_tok.end_id != tok.end_id):
+        raise ValueError(f"{src}: its tokenizer.json is not the training data's; training would scramble the model")
+    model.to(device)
+    model.train()
+    state = TrainState()
+    record = Path(src) / TRAINING_RECORD
+    if record.exists():
+        state = TrainState(**json.loads(record.read_text())["state"])
+    return model, state
+
+
+TRAINING_RECORD = "training.json"  # in an exported model directory: the counters of every session so far
+
+
+def export_model(model: DiffusionLM, tokenizer_path: Path, out: Path, state: TrainState, cfg: TrainConfig,
+                 shard_mb: float = 0.0, save_dtype: str | None = None) -> Path:
+    """Write a loadable model directory (config.json, weights, tokenizer.json, training.json), replacing out whole.
+
+    shard_mb > 0 splits the weights into shards of at most that many MiB; save_dtype ("bfloat16") casts them. No
+    optimizer state: a later run continues from it with train(init_from=out).
+    """
+    from engine.checkpoint import save_model
+
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    dtype = getattr(torch, save_dtype) if save_dtype else None
+    if dtype is not None and not isinstance(dtype, torch.dtype):
+        raise ValueError(f"unknown dtype {save_dtype!r}")
+    save_model(model, tokenizer_path, tmp, dtype=dtype,
+               max_shard_bytes=int(shard_mb * 2**20) if shard_mb else None)
+    record = {"state": asdict(state), "config": asdict(cfg)}
+    (tmp / TRAINING_RECORD).write_text(json.dumps(record, indent=1) + "\n")
+    old = out.with_name(out.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    if old.exists():
+        shutil.rmtree(old)
+    return out
+
+
+def train(run: Path, data_dir: Path, cfg: TrainConfig, device_name: str = "auto", init_from: Path | None = None,
+          export_dir: Path | None = None, shard_mb: float = 0.0, save_dtype: str | None = None) -> TrainState:
+    """Train (or resume) the model in run, for cfg.minutes of wall time.
+
+    A run directory with training state is resumed (optimizer included). Otherwise init_from, a model directory,
+    gives the starting weights (with a fresh optimizer and the counters of its training.json, if any); else the
+    model starts from scratch with cfg.preset's shape. export_dir, when given, receives the model as a small
+    directory at every checkpoint and at the end (see export_model).
+    """
     device = torch.device("cuda" if device_name == "auto" and torch.cuda.is_available() else
                           ("cpu" if device_name == "auto" else device_name))
     if cfg.threads:
@@ -186,6 +330,13 @@ def train(run: Path, data_dir: Path, cfg: TrainConfig, device_name: str = "auto"
         opt = make_optimizer(model, cfg)
         state = load_state(run, model, opt)
         print(f"resuming {run} at step {state.step}, {state.tokens_seen / 1e6:.1f}M tokens seen", file=sys.stderr)
+        if init_from is not None:
+            print(f"note: {run} has training state, so init_from {init_from} is not used", file=sys.stderr)
+    elif init_from is not None:
+        model, state = init_model_from(Path(init_from), tok, device)
+        opt = make_optimizer(model, cfg)
+        print(f"starting from the weights of {init_from} (step {state.step}, {state.tokens_seen / 1e6:.1f}M tokens "
+              f"seen), fresh optimizer", file=sys.stderr)
     else:
         mcfg = ModelConfig(**{**asdict(PRESETS[cfg.preset]), "vocab_size": tok.vocab_size})
         model = DiffusionLM(mcfg)
@@ -196,20 +347,39 @@ def train(run: Path, data_dir: Path, cfg: TrainConfig, device_name: str = "auto"
     model.train()
     # bf16 autocast on GPUs; on this CPU bf16 matmuls measured no faster than fp32 (no AMX), so fp32 there.
     autocast = device.type == "cuda"
-    train_data = TokenArrays.load(data_dir / "train.npz")
-    valid_data = TokenArrays.load(data_dir / "valid.npz")
+    train_data = load_split(data_dir, "train")
+    valid_data = load_split(data_dir, "valid")
     seed = cfg.seed + state.step
-    sampler = ExampleSampler(train_data, cfg.objective, tok.mask_id, tok.end_id, set(tok.newline_ids), seed=seed)
+    batches = batch_source(train_data, cfg, tok, seed, pin=device.type == "cuda")
     vsampler = ExampleSampler(valid_data, cfg.objective, tok.mask_id, tok.end_id, set(tok.newline_ids), seed=1234)
     vbatches = [vsampler.batch(cfg.batch_size) for _ in range(4)]
     nparams = sum(p.numel() for p in model.parameters())
     print(f"model {nparams / 1e6:.2f}M parameters on {device}; budget {cfg.minutes:.0f} min", file=sys.stderr)
+    fwd = model
+    if cfg.compile:
+        fwd = torch.compile(model)  # type: ignore[assignment]
     budget = cfg.minutes * 60.0
     t0 = time.time()
     last_ckpt = t0
-    session = {"start_step": state.step, "device": str(device), "hardware": hardware_name(device)}
+    session: dict = {"start_step": state.step, "device": str(device), "hardware": hardware_name(device),
+                     "parameters": nparams, "batch_size": cfg.batch_size, "window": cfg.objective.window,
+                     "lr": cfg.lr, "init_from": str(init_from) if init_from is not None else None,
+                     "start_tokens": state.tokens_seen}
     tok_window = 0
     t_window = time.time()
+    rates: list[float] = []
+
+    def session_so_far() -> dict:
+        now = time.time()
+        tokens = state.tokens_seen - session["start_tokens"]
+        steady = sorted(rates[1:] or rates)
+        return {**session, "end_step": state.step, "minutes": round((now - t0) / 60, 2), "tokens": tokens,
+                "tokens_per_s": round(tokens / max(now - t0, 1e-6)),
+                "tokens_per_s_steady": round(steady[len(steady) // 2]) if steady else None}
+
+    def snapshot() -> TrainState:
+        return TrainState(**{**asdict(state), "sessions": [*state.sessions, session_so_far()]})
+
     while True:
         elapsed = time.time() - t0
         if elapsed >= budget or (cfg.max_steps and state.step >= cfg.max_steps):
@@ -218,19 +388,47 @@ def train(run: Path, data_dir: Path, cfg: TrainConfig, device_name: str = "auto"
         lr = lr_at(cfg, state.step - session["start_step"], progress)
         for g in opt.param_groups:
             g["lr"] = lr
-        batch = sampler.batch(cfg.batch_size)
-        loss = masked_loss(model, batch, device, autocast)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
+        batch = next(batches)
+        if fwd is not model and "compiled" not in session:
+            try:  # the first compiled step: fall back to eager if compiling fails
+                loss = masked_loss(fwd, batch, device, autocast)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                session["compiled"] = True
+            except Exception as exc:  # noqa: BLE001 - any compiler failure
+                print(f"\ntorch.compile failed ({type(exc).__name__}: {str(exc)[:300]}); training eagerly",
+                      file=sys.stderr, flush=True)
+                fwd = model
+                session["compiled"] = False
+                loss = masked_loss(fwd, batch, device, autocast)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+        else:
+            loss = masked_loss(fwd, batch, device, autocast)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+        if "first_loss" not in session:
+            session["first_loss"] = round(loss.item(), 6)
+            print(f"first step loss {session['first_loss']:.4f}", file=sys.stderr, flush=True)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         state.step += 1
         ntok = batch.ids.numel()
         state.tokens_seen += ntok
         tok_window += ntok
-        if state.step % 10 == 0:
-            now = time.time()
+        now = time.time()
+        if cfg.log_seconds > 0:
+            if now - t_window >= cfg.log_seconds:
+                rate = tok_window / max(now - t_window, 1e-6)
+                rates.append(rate)
+                tok_window, t_window = 0, now
+                session["last_loss"] = round(loss.item(), 4)
+                print(f"step {state.step} loss {session['last_loss']:.3f} lr {lr:.2e} {rate:,.0f} tok/s "
+                      f"{state.tokens_seen / 1e6:.1f}M tokens elapsed {fmt_time(now - t0)} "
+                      f"left {fmt_time(budget - (now - t0))}", file=sys.stderr, flush=True)
+        elif state.step % 10 == 0:
             rate = tok_window / max(now - t_window, 1e-6)
+            rates.append(rate)
             tok_window, t_window = 0, now
             left = budget - (now - t0)
             print(f"\rstep {state.step} loss {loss.item():.3f} lr {lr:.2e} {rate:,.0f} tok/s "
@@ -244,12 +442,20 @@ def train(run: Path, data_dir: Path, cfg: TrainConfig, device_name: str = "auto"
             state.seconds += time.time() - last_ckpt
             last_ckpt = time.time()
             save_state(run, model, opt, state, cfg, tokenizer_path)
+            if export_dir is not None:
+                export_model(model, tokenizer_path, export_dir, snapshot(), cfg, shard_mb, save_dtype)
     state.seconds += time.time() - last_ckpt
-    session.update(end_step=state.step, minutes=round((time.time() - t0) / 60, 1))
-    state.sessions.append(session)
+    batches.close()  # stops the loader's worker processes, if any
     vl = validation_loss(model, vbatches, device, autocast)
+    session.update(session_so_far())
+    session.update(minutes=round((time.time() - t0) / 60, 1), valid_loss=round(vl, 4))
+    if state.step > session["start_step"]:
+        session["last_loss"] = round(loss.item(), 4)
+    state.sessions.append(session)
     state.history.append({"step": state.step, "tokens": state.tokens_seen, "valid_loss": round(vl, 4)})
     save_state(run, model, opt, state, cfg, tokenizer_path)
+    if export_dir is not None:
+        export_model(model, tokenizer_path, export_dir, state, cfg, shard_mb, save_dtype)
     print(f"\ndone: step {state.step}, {state.tokens_seen / 1e6:.1f}M tokens, valid loss {vl:.4f}", file=sys.stderr)
     return state
 

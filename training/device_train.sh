@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Train the built-in GPU model (preset "gpu", 19.4M parameters) on a lent GPU machine, adding to the same model
+# every session: it starts from engine/models/codefill-gpu when that directory exists (a previous session's
+# result, committed), else from scratch, and brings the result back in $OUT.
+#
+# BEFORE (here, on the CPU machine; the tokenized data must exist: `codefill train` builds data/ when missing):
+#   python -m training.device_data pack --data data --out gpu_data   # once; ~20 MiB, git-ignored, ~5 min of CPU
+#   python -m training.device_data size --carry gpu_data             # must print "in all" <= 64 MiB
+#   bash training/device_train.sh --smoke                            # ~1 min on the CPU: the same path, tiny model
+# The model travels in the working tree (engine/models/codefill-gpu, 37 MiB in bf16) beside gpu_data (~20 MiB):
+# keep other large files out of the tree (untracked files that git does not ignore travel too).
+#
+# THE DEVICE CALL (one call, ~8 minutes of the 15-minute budget; leaves time for one rerun if the start fails):
+#   run(command="bash training/device_train.sh", carry=["gpu_data"], timeout_s=560)
+# then give_back() at once. Tunables as environment variables in the command, e.g.
+# "MINUTES=7 BATCH=128 LR=1e-3 WORKERS=12 bash training/device_train.sh" (the defaults), and NO_COMPILE=1 to
+# train eagerly (torch.compile already falls back to eager by itself if compiling raises). The progress (a line every 20 s,
+# valid losses) is in the reply's output_tail.
+#
+# WHAT COMES BACK (files_at; 7 files, each under 16 MiB):
+#   model/config.json, model/model.safetensors.index.json, model/model-0000{1,2,3}-of-00003.safetensors (bf16),
+#   model/tokenizer.json, model/training.json (counters and valid losses of every session so far), run.json
+#   (this session: steps, tokens, tokens/s, first/last/valid loss, GPU name, whether torch.compile ran).
+# AFTER (here):
+#   rm -rf engine/models/codefill-gpu && mkdir -p engine/models/codefill-gpu
+#   cp FILES_AT/model/* engine/models/codefill-gpu/ && cat FILES_AT/run.json
+#   python -c "from engine.checkpoint import load_model; load_model('engine/models/codefill-gpu')"
+#   git add engine/models/codefill-gpu && git commit -m "codefill-gpu: device session N (valid loss X)"
+#   codefill eval --model engine/models/codefill-gpu --sample 200 --summary-json runs/eval-gpu.json
+#   codefill eval --model engine/models/codefill-small --sample 200 --summary-json runs/eval-small.json
+#   (compare pass@1, exact match and the share of empty fills, see shared/docs/CALIBRATION.md); if the GPU model is
+#   better, make it the default: BUILTIN_MODEL = "codefill-gpu" in engine/api.py.
+# A later device session runs the same call and continues from the committed directory (fresh optimizer, new
+# warmup; its optimizer state is too large to bring back). first_loss in run.json should be close to the previous
+# session's last_loss: a jump means the starting weights were not the ones trained.
+#
+# --smoke (or SMOKE=1): the same path on the CPU with the "tiny" preset for a few steps, twice (from scratch, then
+# --init-from the first result, as the next session would), into $OUT or a temporary directory.
+set -u
+cd "$(dirname "$0")/.."
+SMOKE="${SMOKE:-0}"
+for arg in "$@"; do
+  case "$arg" in
+    --smoke) SMOKE=1 ;;
+    *) echo "usage: bash training/device_train.sh [--smoke]" >&2; exit 2 ;;
+  esac
+done
+if [ -z "${OUT:-}" ]; then OUT="$(mktemp -d /tmp/codefill-device-out.XXXXXX)"; fi
+mkdir -p "$OUT"
+# The first interpreter that has torch (override with PYTHON=...).
+PY="${PYTHON:-}"
+if [ -z "$PY" ]; then
+  for candidate in python3 python .venv/bin/python; do
+    if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c "import torch, numpy, tokenizers, safetensors" \
+        >/dev/null 2>&1; then
+      PY="$candidate"; break
+    fi
+  done
+fi
+if [ -z "$PY" ]; then echo "no python with torch, numpy, tokenizers and safetensors found" >&2; exit 3; fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+export TORCHINDUCTOR_CACHE_DIR="${TORCHINDUCTOR_CACHE_DIR:-/tmp/codefill-inductor}"
+DATA="${DATA:-gpu_data}"
+INIT="${INIT:-engine/models/codefill-gpu}"
+RUN_DIR="${RUN_DIR:-/tmp/codefill-device-run}"
+for f in tokenizer.json train.pack.npz valid.pack.npz; do
+  if [ ! -f "$DATA/$f" ] && [ ! -f "$DATA/${f%.pack.npz}.npz" ]; then
+    echo "$DATA/$f is missing: run 'python -m training.device_data pack --out $DATA' and carry $DATA" >&2
+    exit 3
+  fi
+done
+echo "== $(date -u +%FT%TZ) codefill device training (smoke=$SMOKE) out=$OUT"
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
+"$PY" -c 'import sys, torch; print("python", sys.version.split()[0], "torch", torch.__version__, "cuda",
+torch.version.cuda, torch.cuda.is_available())'
+rm -rf "$RUN_DIR" "$OUT/model" "$OUT/model.tmp" "$OUT/model.old" "$OUT/run.json"
+
+train() {  # train ARGS...: one `codefill train` into $OUT/model, under a hard time limit
+  timeout -k 15 "${HARD_S:-530}" "$PY" -u -m engine.cli train --run "$RUN_DIR" --data "$DATA" \
+    --export "$OUT/model" "$@" 2>&1
+}
+
+if [ "$SMOKE" = 1 ]; then
+  common=(--preset tiny --device cpu --threads 1 --batch-size 4 --workers 1 --log-seconds 1 --eval-every 3
+          --warmup-steps 2 --shard-mb 0.6 --save-dtype bfloat16 --minutes 2)
+  if [ -f "$INIT/config.json" ]; then
+    train "${common[@]}" --max-steps 6 --init-from "$INIT"
+  else
+    first="$(mktemp -d /tmp/codefill-smoke-init.XXXXXX)"
+    echo "== smoke 1/2: from scratch"
+    train "${common[@]}" --max-steps 4 && cp -r "$OUT/model/." "$first/" && rm -rf "$RUN_DIR" || exit 1
+    echo "== smoke 2/2: --init-from the first result, as the next device session would"
+    train "${common[@]}" --max-steps 8 --init-from "$first"
+    rm -rf "$first"
+  fi
+  rc=$?
+else
+  init=()
+  compile=(--compile)
+  if [ -n "${NO_COMPILE:-}" ]; then compile=(); fi
+  if [ -f "$INIT/config.json" ]; then
+    init=(--init-from "$INIT"); echo "== continuing from $INIT"
+  else
+    echo "== no $INIT: training from scratch"
+  fi
+  train --preset gpu --minutes "${MINUTES:-7.5}" --batch-size "${BATCH:-128}" --lr "${LR:-1e-3}" \
+    --warmup-steps "${WARMUP:-300}" --workers "${WORKERS:-12}" ${compile[@]+"${compile[@]}"} \
+    --log-seconds 20 --eval-every "${EVAL_EVERY:-2000}" --checkpoint-minutes 3 --shard-mb 15 \
+    --save-dtype bfloat16 ${init[@]+"${init[@]}"}
+  rc=$?
+fi
+rm -rf "$OUT/model.tmp" "$OUT/model.old"  # a write cut short by the hard limit
+if [ -f "$OUT/model/training.json" ]; then
+  echo "== run.json"
+  "$PY" -m training.device_data summary "$OUT/model" --out "$OUT/run.json" | head -c 2000
+  echo
+fi
+echo "== files to come back (at most 8, each under 16 MiB):"
+n=0; bad=0
+while IFS= read -r f; do
+  n=$((n + 1)); size=$(stat -c %s "$f")
+  printf '%10d  %s\n' "$size" "${f#$OUT/}"
+  if [ "$size" -ge $((16 * 1024 * 1024)) ]; then bad=1; fi
+done < <(find "$OUT" -type f | sort)
+if [ "$n" -gt 8 ] || [ "$bad" = 1 ]; then echo "!! $n files or a file over 16 MiB: not all will come back"; if [ "$rc" = 0 ]; then rc=4; fi; fi
+echo "== exit status $rc (124: the hard time limit cut training short; model/ holds the last checkpoint's export)"
+exit "$rc"
