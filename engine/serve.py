@@ -349,8 +349,13 @@ class EngineHost:
                     raise
                 tries += 1
                 continue
-            self.fills_completed += 1
+            self.count("fills_completed")
             return fill
+
+    def count(self, name: str) -> None:
+        """Add one to a counter that health reports (from any thread)."""
+        with self._lock:
+            setattr(self, name, getattr(self, name) + 1)
 
     def _after_out_of_memory(self, scheduler: Any, exc: BaseException) -> bool:
         """One fill per batch first; then, on a GPU, the model moves to the CPU. False: nothing left to try."""
@@ -390,7 +395,7 @@ class _Reply(Exception):
 class Connection:
     """One client: a reader thread that dispatches, a writer thread that sends, a thread per waiting fill."""
 
-    def __init__(self, server: "EngineServer", sock: socket.socket, peer: str) -> None:
+    def __init__(self, server: EngineServer, sock: socket.socket, peer: str) -> None:
         self.server = server
         self.sock = sock
         self.peer = peer
@@ -550,7 +555,6 @@ class Connection:
             self.fills[msg_id] = entry
         threading.Thread(target=self._fill, args=(msg_id, request, key, entry), name="codefill-fill",
                          daemon=True).start()
-        return None
 
     def _fill(self, msg_id: Any, request: Any, key: str | None, entry: tuple[threading.Event, threading.Event]) -> None:
         from engine.errors import EngineError, FillCancelled
@@ -576,7 +580,7 @@ class Connection:
                                 "seconds": getattr(fill, "seconds", 0.0), "span_len": getattr(fill, "span_len", 0),
                                 "device": host.device})
         finally:
-            host.requests_served += 1
+            host.count("requests_served")
             with self.lock:
                 self.fills.pop(msg_id, None)
 
@@ -817,6 +821,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"exit after this long with no clients (0: never; editors that start the engine "
                         f"ask for {AUTO_IDLE_EXIT_MINUTES:g})")
     p.add_argument("--log-file", metavar="PATH", help="also write logs to this file")
+    p.add_argument("--status", action="store_true", help="print the health of the engine at this address, and exit")
+    p.add_argument("--stop", action="store_true", help="ask the engine at this address to exit")
     p.add_argument("--engine-factory", metavar="MODULE:NAME", help=argparse.SUPPRESS)  # tests: a scripted engine
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
@@ -844,6 +850,8 @@ def _setup_logging(log_file: str | None, verbose: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `codefill serve`."""
     args = build_parser().parse_args(argv)
+    if args.status or args.stop:
+        return _control(args)
     _setup_logging(args.log_file, args.verbose)
     token_path: Path | None = None
     try:
@@ -878,6 +886,25 @@ def main(argv: list[str] | None = None) -> int:
             except OSError:
                 pass
     return 1 if host.state == "error" else 0
+
+
+def _control(args: argparse.Namespace) -> int:
+    """--status and --stop: talk to a running engine."""
+    try:
+        if args.tcp:
+            address = parse_address("tcp:" + args.tcp)
+            token_file = Path(args.token_file) if args.token_file else default_token_path(address.port)
+            token: str | None = token_file.read_text().strip()
+        else:
+            path = args.unix or str(default_socket_path(args.model, args.device, args.steps, args.engine_factory))
+            address, token = Address("unix", path=path), None
+        result = request_once(address, "shutdown" if args.stop else "health", token=token)
+    except (OSError, ValueError, RuntimeError, ServeError) as exc:
+        print(f"codefill serve: no engine answers at {args.tcp or args.unix or 'the default socket'}: {exc}",
+              file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=1))
+    return 0
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+from engine.serve import is_loopback
 from lsp_server.engine_client import EngineSpec, parse_engine_mode
 from lsp_server.options import DEVICES, Settings
 
@@ -33,7 +34,9 @@ def _engine_mode(value: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """The command line of codefill-lsp."""
     p = argparse.ArgumentParser(prog="codefill-lsp", description="codefill code-infill language server")
-    p.add_argument("--tcp", metavar="HOST:PORT", type=_host_port, help="listen on TCP instead of stdio")
+    p.add_argument("--tcp", metavar="HOST:PORT", type=_host_port, help="listen on TCP instead of stdio (loopback)")
+    p.add_argument("--allow-remote", action="store_true",
+                   help="allow --tcp on a non-loopback address (anyone who can connect can use the server)")
     p.add_argument("--stdio", action="store_true", help="use stdio (the default; accepted because many clients pass it)")
     p.add_argument("--log-file", metavar="PATH", help="also write logs to this file")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -48,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="token of a TCP engine (default: the one `codefill serve --tcp` writes for that port)")
     p.add_argument("--engine-idle-exit-minutes", type=float, default=EngineSpec.idle_exit_minutes, metavar="N",
                    help="an engine started by --engine auto exits after N minutes without clients (0: never)")
+    p.add_argument("--engine-timeout", type=float, default=EngineSpec.timeout_s, metavar="SECONDS",
+                   help="a shared engine's fill that takes longer is answered null; an engine that then misses a "
+                        "health check is restarted")
     p.add_argument("--engine-factory", metavar="MODULE:NAME",
                    help="build the engine with this callable(path, device, steps) instead of engine.api")
     return p
@@ -55,7 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of codefill-lsp."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.tcp and not args.allow_remote and not is_loopback(args.tcp[0]):
+        parser.error(f"--tcp {args.tcp[0]}: not a loopback address; add --allow-remote to listen there")
     stderr = logging.StreamHandler(sys.stderr)
     stderr.setFormatter(logging.Formatter("codefill-lsp %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.WARNING, handlers=[stderr])
@@ -70,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.debounce_ms is not None:
         settings = Settings(**{**settings.__dict__, "debounce_ms": max(args.debounce_ms, 0)})
     spec = EngineSpec(mode=args.engine, token_file=args.engine_token_file,
-                      idle_exit_minutes=max(args.engine_idle_exit_minutes, 0.0))
+                      idle_exit_minutes=max(args.engine_idle_exit_minutes, 0.0),
+                      timeout_s=max(args.engine_timeout, 0.1))
     server = make_server(settings, engine_factory=args.engine_factory, engine_spec=spec)
     server.set_log_file(args.log_file)
     if args.tcp:

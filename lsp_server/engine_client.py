@@ -11,6 +11,7 @@ import itertools
 import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -94,6 +95,8 @@ class EngineSpec:
 
     mode: str = "inprocess"  # "inprocess", "auto", or an address: unix:/path, tcp:127.0.0.1:PORT
     token_file: str | None = None  # for a TCP address (default: the engine's default token file for the port)
+    timeout_s: float = 30.0  # a fill that takes longer is answered null; an engine that then misses a health check
+    # is treated as hung: dropped, and in auto mode killed and restarted
     idle_exit_minutes: float = wire.AUTO_IDLE_EXIT_MINUTES  # for an engine that auto mode starts
 
 
@@ -111,7 +114,7 @@ def make_engine_client(spec: EngineSpec, model_path: str | None, device: str, st
     if spec.mode == "inprocess":
         return InProcessEngine(model_path, device, steps, factory=factory, notify=notify)
     return RemoteEngine(spec.mode, model_path, device, steps, factory=factory, token_file=spec.token_file,
-                        idle_exit_minutes=spec.idle_exit_minutes, notify=notify)
+                        idle_exit_minutes=spec.idle_exit_minutes, notify=notify, fill_timeout=spec.timeout_s)
 
 
 class Keyed:
@@ -199,7 +202,8 @@ class InProcessEngine:
         engine = self._engine
         if engine is None:
             raise RuntimeError("engine is not loaded")
-        call = dict(single_line=single_line, steps=steps or None, temperature=temperature, seed=seed, cancel=cancel)
+        call = {"single_line": single_line, "steps": steps or None, "temperature": temperature, "seed": seed,
+                "cancel": cancel}
         try:
             out = engine.fill(prefix, suffix, max_tokens, **call)
         except Exception as exc:
@@ -258,7 +262,7 @@ class _Connection:
     """One socket to an engine: requests go out as JSON lines, a reader thread matches answers to futures."""
 
     def __init__(self, sock: socket.socket, address: wire.Address,
-                 on_lost: Callable[["_Connection", str], None]) -> None:
+                 on_lost: Callable[[_Connection, str], None]) -> None:
         self.sock = sock
         self.address = address
         self.alive = True
@@ -271,7 +275,7 @@ class _Connection:
 
     @classmethod
     def open(cls, address: wire.Address, token: str | None,
-             on_lost: Callable[["_Connection", str], None]) -> "_Connection":
+             on_lost: Callable[[_Connection, str], None]) -> _Connection:
         """Connect (and authenticate on TCP); raises OSError when nobody listens, EngineError when refused."""
         conn = cls(wire.connect(address, timeout=5.0), address, on_lost)
         if token is not None:
@@ -320,6 +324,10 @@ class _Connection:
         """Close without telling on_lost (a deliberate close)."""
         self._on_lost = lambda conn, reason: None
         self._lost("closed")
+
+    def abandon(self, reason: str) -> None:
+        """Close as if the engine had gone away (on_lost is told)."""
+        self._lost(reason)
 
     def _read(self) -> None:
         stream = self.sock.makefile("rb")
@@ -407,7 +415,7 @@ class RemoteEngine:
         token_file: str | None = None,
         idle_exit_minutes: float = wire.AUTO_IDLE_EXIT_MINUTES,
         notify: Notify | None = None,
-        fill_timeout: float = 60.0,
+        fill_timeout: float = 30.0,
         load_timeout: float = 900.0,
         start_timeout: float = 60.0,
     ) -> None:
@@ -509,6 +517,7 @@ class RemoteEngine:
                     pass
                 if stop == "cancelled":
                     raise FillCancelled(stop)
+                self._check_alive(conn)
                 raise EngineError(stop)
         try:
             result = _result(msg)
@@ -519,6 +528,25 @@ class RemoteEngine:
         return FillResult(text=str(result.get("text", "")), forward_passes=int(result.get("forward_passes", 0)),
                           seconds=float(result.get("seconds", 0.0)))
 
+    def _check_alive(self, conn: _Connection) -> None:
+        """After a slow fill: an engine that still answers health is slow; one that does not is hung."""
+        try:
+            conn.call("health", timeout=5)
+            return
+        except EngineError:
+            pass
+        pid = self.engine_pid
+        if self.auto and pid:
+            log.error("the engine (pid %s) at %s does not answer: killing it; it will be restarted", pid,
+                      conn.address)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        else:
+            log.error("the engine at %s does not answer: reconnecting", conn.address)
+        conn.abandon("no answer")
+
     # -- connecting ------------------------------------------------------------------------------------------------
 
     def _connect_and_wait(self) -> None:
@@ -526,6 +554,14 @@ class RemoteEngine:
         conn = self._open(address)
         try:
             health = self._wait_loaded(conn)
+        except EngineUnavailable as exc:
+            conn.close()
+            process = self.process
+            if process is not None and process.poll() is not None:  # the engine we started died while loading
+                log_path = Path(address.path).with_suffix(".log")
+                raise EngineUnavailable(f"the engine exited with status {process.returncode} while loading: "
+                                        f"{_last_line(log_path)} (log: {log_path})") from exc
+            raise
         except BaseException:
             conn.close()
             raise
@@ -550,6 +586,10 @@ class RemoteEngine:
             health = conn.call("health", timeout=10)
             if not isinstance(health, dict):
                 raise EngineError(f"the engine at {conn.address} answered health with {health!r}")
+            if health.get("protocol") != wire.PROTOCOL_VERSION:
+                raise EngineLoadFailed(f"the engine at {conn.address} (pid {health.get('pid')}) speaks protocol "
+                                       f"{health.get('protocol')}, this server {wire.PROTOCOL_VERSION}: stop it with "
+                                       f"`codefill serve --stop {_flag(conn.address)}` (or update it)")
             if health.get("state") == "ready":
                 return health
             if health.get("state") == "error":
@@ -693,6 +733,11 @@ def _spawn_lock(path: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def _flag(address: wire.Address) -> str:
+    """The `codefill serve` option that names an address."""
+    return f"--unix {address.path}" if address.kind == "unix" else f"--tcp {address.host}:{address.port}"
 
 
 def _last_line(path: Path) -> str:

@@ -19,8 +19,8 @@ from pygls.uris import to_fs_path
 from pygls.workspace import TextDocument, Workspace
 
 from lsp_server import languages
-from lsp_server.engine_client import EngineClient, EngineSpec, Keyed, make_engine_client
 from lsp_server.completion import complete_at
+from lsp_server.engine_client import EngineClient, EngineSpec, Keyed, make_engine_client
 from lsp_server.holes import Hole
 from lsp_server.options import Settings, parse_settings
 from lsp_server.positions import Pos, line_starts, offset_at, position_at

@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 
 import pytest
+from lsp_fixtures.harness import FAKE_ENGINE, REPO, inline, open_doc, start_server, stop_server
 from lsprotocol import types
 
 from engine import serve
 from engine.serve import Address
-from lsp_fixtures.harness import FAKE_ENGINE, REPO, inline, open_doc, start_server, stop_server
 
 FAKE = ["--engine-factory", FAKE_ENGINE, "--debounce-ms", "0"]
 FAULTS = REPO / "tests" / "lsp_fixtures" / "fault_engine.py"
@@ -115,6 +115,33 @@ async def test_engine_killed_mid_request_is_answered_and_the_engine_comes_back(r
         assert any("the engine is back" in m for m in logged(client, types.MessageType.Info))
         assert not shown(client, types.MessageType.Error)
     finally:
+        await stop_server(client)
+
+
+async def test_a_hung_engine_is_killed_and_restarted(runtime) -> None:
+    client = await start_server(FAKE + ["--engine", "auto", "--engine-timeout", "2"],
+                                env={"XDG_RUNTIME_DIR": str(runtime)})
+    pid = serve.request_once(engine_socket(runtime), "health")["pid"]
+    try:
+        os.kill(pid, signal.SIGSTOP)  # alive but deaf: what a wedged driver or a swapping machine looks like
+        uri = "file:///hung.py"
+        open_doc(client, uri, '# codefill-fake: "3"\nx = \n')
+        started = time.monotonic()
+        assert await asyncio.wait_for(inline(client, uri, 1, 4), 30) is None
+        assert 2 <= time.monotonic() - started < 12  # the timeout, then a 5 s health check
+
+        async def filled():
+            result = await inline(client, uri, 1, 4)
+            return result is not None and result.items[0].insert_text == "3"
+
+        await eventually(filled, 120, "fills after the restart", every=0.3)
+        assert serve.request_once(engine_socket(runtime), "health")["pid"] != pid
+        assert any("does not answer" in m for m in logged(client, types.MessageType.Error))
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
         await stop_server(client)
 
 

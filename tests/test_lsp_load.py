@@ -17,12 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import pytest
+from lsp_fixtures.harness import change_doc, inline, open_doc, rng, start_server, stop_server
 from lsprotocol import types
 
 from engine import serve
 from engine.serve import Address
-from lsp_fixtures.harness import change_doc, inline, open_doc, pos, rng, start_server, stop_server
 
 LONG = os.environ.get("CODEFILL_LONG_TESTS") == "1"
 KEYS_PER_SECOND = 20

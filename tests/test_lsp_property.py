@@ -13,9 +13,8 @@ import itertools
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from lsprotocol import types
-
 from lsp_fixtures.harness import FAKE_ENGINE, change_doc, open_doc, raw_request, start_server, stop_server
+from lsprotocol import types
 
 MARKER = '# codefill-fake: "vé = (1, 😋)\\n  w"\n'  # the fake engine's fill, wherever it lands (edits keep off it)
 PIECES = ["a", "b", "x", " ", "    ", "\t", "\n", "\r\n", "\r", "é", "ü", "中", "😋", "𝔘", "def f(x):", "()", "\"",

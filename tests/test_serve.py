@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from lsp_fixtures.harness import FAKE_ENGINE, REPO, server_env
 
 from engine import serve
 from engine.serve import Address, EngineHost, EngineServer, ServeError
-from lsp_fixtures.harness import FAKE_ENGINE, REPO, server_env
 
 FAULTS = f"{REPO / 'tests' / 'lsp_fixtures' / 'fault_engine.py'}"
 
@@ -355,7 +355,7 @@ def test_command_line_tcp_writes_a_private_token_and_checks_it(tmp_path) -> None
     cmd = [sys.executable, "-m", "engine.cli", "serve", "--engine-factory", FAKE_ENGINE, "--token-file",
            str(token_file)]
     refused = subprocess.run(cmd + ["--tcp", f"0.0.0.0:{port}"], capture_output=True, text=True, env=server_env(),
-                             cwd=REPO, timeout=60)
+                             cwd=REPO, timeout=60, check=False)
     assert refused.returncode == 1 and "--allow-remote" in refused.stderr and not token_file.exists()
     proc = subprocess.Popen(cmd + ["--tcp", f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=server_env(), cwd=REPO)
