@@ -325,33 +325,6 @@ class EngineHost:
                 "requests_served": self.requests_served, "fills_completed": self.fills_completed,
                 "fallbacks": list(self.fallbacks), "queued": self._scheduler.pending() if self._scheduler else 0}
 
-    def fill(self, request: Any, key: str | None, cancel: threading.Event, wake: threading.Event) -> Any:
-        """Fill through the scheduler and wait; on out-of-memory, retry in smaller batches, then on the CPU."""
-        from engine.errors import FillCancelled
-
-        tries = 0
-        while True:
-            scheduler = self._scheduler
-            attempt = dataclasses.replace(request, cancel=None)
-            future = scheduler.submit(attempt, key)  # sets attempt.cancel to the job's own event
-            future.add_done_callback(lambda _f: wake.set())
-            while not future.done():
-                if cancel.is_set():
-                    attempt.cancel.set()
-                    future.cancel()
-                    raise FillCancelled("cancelled by the client")
-                wake.wait(1.0)
-                wake.clear()
-            try:
-                fill = future.result()
-            except Exception as exc:
-                if not is_out_of_memory(exc) or tries >= 3 or not self._after_out_of_memory(scheduler, exc):
-                    raise
-                tries += 1
-                continue
-            self.count("fills_completed")
-            return fill
-
     def count(self, name: str) -> None:
         """Add one to a counter that health reports (from any thread)."""
         with self._lock:
@@ -382,6 +355,90 @@ class EngineHost:
             self._scheduler.close()
 
 
+class FillJob:
+    """One client's fill on its way through the scheduler: answered once, by callback, with no thread of its own.
+
+    Out of memory: retried with one fill per batch, then (on a GPU) with the model moved to the CPU.
+    """
+
+    def __init__(self, host: EngineHost, request: Any, key: str | None,
+                 done: Callable[[Any, BaseException | None], None]) -> None:
+        self.host = host
+        self.request = request
+        self.key = key
+        self.done = done
+        self.tries = 0
+        self.cancelled = False
+        self.answered = False
+        self._attempt: Any = None
+        self._future: Any = None
+        self._scheduler: Any = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        """Submit to the scheduler (newest per key wins)."""
+        scheduler = self.host._scheduler
+        attempt = dataclasses.replace(self.request, cancel=None)
+        try:
+            future = scheduler.submit(attempt, self.key)  # sets attempt.cancel to the job's own event
+        except RuntimeError as exc:  # the scheduler closed: the server is stopping
+            self._answer(None, exc)
+            return
+        with self._lock:
+            self._attempt, self._future, self._scheduler = attempt, future, scheduler
+            cancelled = self.cancelled
+        if cancelled:
+            attempt.cancel.set()
+            future.cancel()
+        future.add_done_callback(self._finished)
+
+    def cancel(self) -> None:
+        """Stop the fill and answer it as cancelled now."""
+        from engine.errors import FillCancelled
+
+        with self._lock:
+            self.cancelled = True
+            attempt, future = self._attempt, self._future
+        if attempt is not None:
+            attempt.cancel.set()
+            future.cancel()
+        self._answer(None, FillCancelled("cancelled by the client"))
+
+    def _finished(self, future: Any) -> None:
+        from engine.errors import FillCancelled
+
+        if future.cancelled():
+            self._answer(None, FillCancelled("cancelled"))
+            return
+        exc = future.exception()
+        if exc is None:
+            self.host.count("fills_completed")
+            self._answer(future.result(), None)
+        elif is_out_of_memory(exc) and self.tries < 3 and not self.cancelled:
+            self.tries += 1
+            threading.Thread(target=self._after_out_of_memory, args=(exc,), name="codefill-oom", daemon=True).start()
+        else:
+            self._answer(None, exc)
+
+    def _after_out_of_memory(self, exc: BaseException) -> None:
+        try:
+            again = self.host._after_out_of_memory(self._scheduler, exc)
+        except Exception as fallback_failed:  # the CPU load itself failed
+            self._answer(None, fallback_failed)
+            return
+        if again:
+            self.start()
+        else:
+            self._answer(None, exc)
+
+    def _answer(self, result: Any, exc: BaseException | None) -> None:
+        with self._lock:
+            if self.answered:
+                return
+            self.answered = True
+        self.done(result, exc)
+
+
 # -- the socket server ---------------------------------------------------------------------------------------------
 
 
@@ -393,7 +450,7 @@ class _Reply(Exception):
 
 
 class Connection:
-    """One client: a reader thread that dispatches, a writer thread that sends, a thread per waiting fill."""
+    """One client: a reader thread that dispatches requests, a writer thread that sends answers."""
 
     def __init__(self, server: EngineServer, sock: socket.socket, peer: str) -> None:
         self.server = server
@@ -401,7 +458,7 @@ class Connection:
         self.peer = peer
         self.authenticated = server.token is None
         self.outbox: queue.Queue[bytes | None] = queue.Queue()
-        self.fills: dict[Any, tuple[threading.Event, threading.Event]] = {}
+        self.fills: dict[Any, FillJob] = {}
         self.lock = threading.Lock()
         self.closed = False
 
@@ -424,9 +481,9 @@ class Connection:
             if self.closed:
                 return
             self.closed = True
-            for cancel, wake in self.fills.values():
-                cancel.set()
-                wake.set()
+            jobs = list(self.fills.values())
+        for job in jobs:
+            job.cancel()
         self.outbox.put(None)  # the writer sends what is queued, then shuts the socket
         self.server.disconnected(self)
 
@@ -531,11 +588,10 @@ class Connection:
     def _on_cancel(self, msg_id: Any, params: dict[str, Any], answer: bool) -> dict[str, Any]:
         target = params.get("id")
         with self.lock:
-            entry = self.fills.get(target)
-        if entry is not None:
-            entry[0].set()
-            entry[1].set()
-        return {"cancelled": entry is not None}
+            job = self.fills.get(target) if isinstance(target, (int, str)) else None
+        if job is not None:
+            job.cancel()
+        return {"cancelled": job is not None}
 
     def _on_fill(self, msg_id: Any, params: dict[str, Any], answer: bool) -> None:
         if not answer or msg_id is None:
@@ -546,43 +602,39 @@ class Connection:
             raise _Reply(NOT_READY, "the model is still loading")
         if host.state == "error":
             raise _Reply(LOAD_FAILED, f"the model could not be loaded: {host.error}")
-        entry = (threading.Event(), threading.Event())
+        job = FillJob(host, request, key, lambda fill, exc: self._answer_fill(msg_id, fill, exc))
         with self.lock:
             if len(self.fills) >= MAX_INFLIGHT:
                 raise _Reply(BUSY, f"more than {MAX_INFLIGHT} fills waiting on this connection")
             if msg_id in self.fills:
                 raise _Reply(INVALID_REQUEST, f"a fill with id {msg_id!r} is already running")
-            self.fills[msg_id] = entry
-        threading.Thread(target=self._fill, args=(msg_id, request, key, entry), name="codefill-fill",
-                         daemon=True).start()
+            self.fills[msg_id] = job
+        job.start()
 
-    def _fill(self, msg_id: Any, request: Any, key: str | None, entry: tuple[threading.Event, threading.Event]) -> None:
+    def _answer_fill(self, msg_id: Any, fill: Any, exc: BaseException | None) -> None:
+        """A FillJob's answer (called on the scheduler's thread, or the reader's for a cancel)."""
         from engine.errors import EngineError, FillCancelled
 
         host = self.server.host
-        try:
-            fill = host.fill(request, key, *entry)
-        except FillCancelled as exc:
-            self.reply(msg_id, error=(CANCELLED, str(exc) or "cancelled"))
-        except Exception as exc:
-            if is_out_of_memory(exc):
-                self.reply(msg_id, error=(OUT_OF_MEMORY, f"out of memory on {host.device}: {exc}"))
-            elif isinstance(exc, EngineError):
-                self.reply(msg_id, error=(ENGINE_ERROR, f"{type(exc).__name__}: {exc}"))
-            elif isinstance(exc, (ValueError, TypeError, UnicodeError)):
-                self.reply(msg_id, error=(INVALID_PARAMS, f"{type(exc).__name__}: {exc}"))
-            else:
-                log.exception("fill failed")
-                self.reply(msg_id, error=(INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"))
-        else:
+        with self.lock:
+            self.fills.pop(msg_id, None)
+        host.count("requests_served")
+        if exc is None:
             self.reply(msg_id, {"text": fill.text, "tokens": list(getattr(fill, "tokens", [])),
                                 "forward_passes": getattr(fill, "forward_passes", 0),
                                 "seconds": getattr(fill, "seconds", 0.0), "span_len": getattr(fill, "span_len", 0),
                                 "device": host.device})
-        finally:
-            host.count("requests_served")
-            with self.lock:
-                self.fills.pop(msg_id, None)
+        elif isinstance(exc, FillCancelled):
+            self.reply(msg_id, error=(CANCELLED, str(exc) or "cancelled"))
+        elif is_out_of_memory(exc):
+            self.reply(msg_id, error=(OUT_OF_MEMORY, f"out of memory on {host.device}: {exc}"))
+        elif isinstance(exc, EngineError):
+            self.reply(msg_id, error=(ENGINE_ERROR, f"{type(exc).__name__}: {exc}"))
+        elif isinstance(exc, (ValueError, TypeError, UnicodeError)):
+            self.reply(msg_id, error=(INVALID_PARAMS, f"{type(exc).__name__}: {exc}"))
+        else:
+            log.error("fill failed: %s: %s", type(exc).__name__, exc)
+            self.reply(msg_id, error=(INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"))
 
 
 def _fill_request(params: dict[str, Any]) -> tuple[Any, str | None]:
