@@ -249,11 +249,17 @@ class CodefillServer(LanguageServer):
         engine_changed = (old.model_path, old.device, old.steps) != (
             self.settings.model_path, self.settings.device, self.settings.steps
         )
-        if engine_changed and (self.engine.ready or self.engine_error is not None):
+        if not engine_changed:
+            return
+        if self.engine.ready or self.engine_error is not None:
             self.engine.close()
             self.engine = self._make_engine()
             self.engine_error = None
             self.start_loading()
+        else:
+            # Not loaded yet (settings from initializationOptions) or still loading: the new engine replaces it;
+            # a load under way finishes, is closed, and the new one loads (see _loaded).
+            self.engine = self._make_engine()
 
     def set_log_file(self, path: str | None) -> None:
         """Send logs to a file as well; an unwritable path is a warning, not a crash."""
@@ -298,8 +304,9 @@ class CodefillServer(LanguageServer):
 
     def _loaded(self, engine: EngineClient, error: str | None) -> None:
         self.engine_loading = False
-        if engine is not self.engine:
-            self.start_loading()  # settings changed while it loaded
+        if engine is not self.engine:  # settings changed while it loaded
+            engine.close()
+            self.start_loading()
             return
         self.engine_error = error
         if error is not None:
