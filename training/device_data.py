@@ -189,7 +189,7 @@ def run_summary(model_dir: Path) -> dict:
         "total_steps": st["step"],
         "total_tokens": st["tokens_seen"],
         "sessions": len(st["sessions"]),
-        "valid_history": st["history"][-20:],
+        "valid_history": [[h["step"], h["valid_loss"]] for h in st["history"][-20:]],  # [step, loss]
     }
 
 
@@ -219,10 +219,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if total <= TRAVEL_LIMIT else 1
     else:
         summary = run_summary(Path(args.model_dir))
-        text = json.dumps(summary, indent=1) + "\n"
         if args.out:
-            Path(args.out).write_text(text)
-        sys.stdout.write(text)
+            Path(args.out).write_text(json.dumps(summary, indent=1) + "\n")
+        sys.stdout.write(json.dumps(summary) + "\n")
     return 0
 
 

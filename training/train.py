@@ -81,8 +81,8 @@ class TrainState:
 
 class FastSampler(ExampleSampler):
     """ExampleSampler with the document draw done by a precomputed CDF: the same random stream and the same
-    examples (Generator.choice with p draws one uniform and searches the normalised cumulative sum), about twice
-    as many examples per second."""
+    examples (Generator.choice with p draws one uniform and searches the normalised cumulative sum), 2.5-3.5 times
+    as many examples per second (~3,500/s on one core here, against ~1,100-1,500)."""
 
     def __init__(self, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
         super().__init__(*args, **kwargs)
@@ -354,7 +354,7 @@ def train(run: Path, data_dir: Path, cfg: TrainConfig, device_name: str = "auto"
     vsampler = ExampleSampler(valid_data, cfg.objective, tok.mask_id, tok.end_id, set(tok.newline_ids), seed=1234)
     vbatches = [vsampler.batch(cfg.batch_size) for _ in range(4)]
     nparams = sum(p.numel() for p in model.parameters())
-    print(f"model {nparams / 1e6:.2f}M parameters on {device}; budget {cfg.minutes:.0f} min", file=sys.stderr)
+    print(f"model {nparams / 1e6:.2f}M parameters on {device}; budget {cfg.minutes:g} min", file=sys.stderr)
     fwd = model
     if cfg.compile:
         fwd = torch.compile(model)  # type: ignore[assignment]
@@ -437,7 +437,8 @@ def train(run: Path, data_dir: Path, cfg: TrainConfig, device_name: str = "auto"
         if state.step % cfg.eval_every == 0:
             vl = validation_loss(model, vbatches, device, autocast)
             state.history.append({"step": state.step, "tokens": state.tokens_seen, "valid_loss": round(vl, 4)})
-            print(f"\nvalid loss {vl:.4f} at step {state.step}", file=sys.stderr, flush=True)
+            nl = "" if cfg.log_seconds > 0 else "\n"  # the \r progress line needs ending first
+            print(f"{nl}valid loss {vl:.4f} at step {state.step}", file=sys.stderr, flush=True)
         if time.time() - last_ckpt > cfg.checkpoint_minutes * 60:
             state.seconds += time.time() - last_ckpt
             last_ckpt = time.time()
@@ -456,7 +457,7 @@ def train(run: Path, data_dir: Path, cfg: TrainConfig, device_name: str = "auto"
     save_state(run, model, opt, state, cfg, tokenizer_path)
     if export_dir is not None:
         export_model(model, tokenizer_path, export_dir, state, cfg, shard_mb, save_dtype)
-    print(f"\ndone: step {state.step}, {state.tokens_seen / 1e6:.1f}M tokens, valid loss {vl:.4f}", file=sys.stderr)
+    print(f"{'' if cfg.log_seconds > 0 else chr(10)}done: step {state.step}, {state.tokens_seen / 1e6:.1f}M tokens, valid loss {vl:.4f}", file=sys.stderr)
     return state
 
 
