@@ -18,7 +18,7 @@ import {
 } from "vscode-languageclient/node";
 
 import { interpreterFromPythonApi, isResolved, resolveServerCommand } from "./serverPath";
-import { configurationPayload, needsRestart, serverCliArgs, ServerSettings, toServerSettings } from "./settings";
+import { configurationPayload, needsRestart, ServerSettings, toServerSettings } from "./settings";
 import { describeFillResult, phaseFromProgress, StatusState, statusView } from "./status";
 
 /** The languageIds the server has grammars for (lsp_server/languages.py LANGUAGE_IDS). */
@@ -27,7 +27,7 @@ export const LANGUAGES = [
   "go", "rust", "java", "c", "cpp", "cuda-cpp",
 ];
 export const FILL_COMMAND = "codefill.fill"; // the server's workspace command: (uri, range)
-export const PROGRESS_TOKEN = "codefill/load-model"; // the token of the server's model-load $/progress
+export const PROGRESS_TOKEN = "codefill/load-model"; // the token (or prefix) of the server's model-load $/progress
 
 /** What activate() returns: for other extensions and for tests. */
 export interface CodefillApi {
@@ -124,7 +124,7 @@ async function startClient(): Promise<void> {
 
   // No `transport`: stdio all the same, without the `--stdio` flag vscode-languageclient would add (codefill-lsp
   // builds before 8e68aff rejected it).
-  const run = { command: resolved.command, args: [...resolved.args, ...serverCliArgs(settings)] };
+  const run = { command: resolved.command, args: resolved.args };
   const serverOptions: ServerOptions = { run, debug: run };
   const clientOptions: LanguageClientOptions = {
     documentSelector: LANGUAGES.flatMap((language) => [
@@ -146,7 +146,7 @@ async function startClient(): Promise<void> {
       // fallback would run the model again for every suggest widget, so it is not asked here.
       provideCompletionItem: () => undefined,
       handleWorkDoneProgress: (token, params, next) => {
-        if (token === PROGRESS_TOKEN) {
+        if (typeof token === "string" && token.startsWith(PROGRESS_TOKEN)) { // also "codefill/load-model-2", ...
           const next_ = phaseFromProgress(params);
           if (next_) setState(next_);
         }

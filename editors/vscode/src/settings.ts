@@ -89,15 +89,3 @@ export function configurationPayload(settings: ServerSettings): { codefill: Serv
 export function needsRestart(affects: (section: string) => boolean): boolean {
   return RESTART_KEYS.some((key) => affects(`codefill.${key}`));
 }
-
-/**
- * The model settings as command-line flags of codefill-lsp, so that its first model load already uses them:
- * codefill-lsp 0.1.0 reads modelPath/device/steps from initializationOptions only for later reloads.
- */
-export function serverCliArgs(settings: ServerSettings): string[] {
-  const args: string[] = [];
-  if (settings.modelPath) args.push("--model", settings.modelPath);
-  if (settings.device && settings.device !== "auto") args.push("--device", settings.device);
-  if (settings.steps > 0) args.push("--steps", String(settings.steps));
-  return args;
-}

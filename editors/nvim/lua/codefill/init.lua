@@ -91,31 +91,6 @@ local function server_settings()
   return out
 end
 
---- The server command: `cmd`, plus the model settings as flags when it is codefill-lsp itself, so that the first
---- model load already uses them (codefill-lsp 0.1.0 reads modelPath/device/steps from initializationOptions only
---- for later reloads).
-function M._server_cmd()
-  local cmd = M.config.cmd
-  if type(cmd) ~= "table" or #cmd == 0 then
-    return cmd
-  end
-  local ours = vim.fs.basename(cmd[1]):match("^codefill%-lsp") ~= nil or vim.tbl_contains(cmd, "lsp_server")
-  if not ours then
-    return cmd
-  end
-  local s, out = M.config.settings, vim.deepcopy(cmd)
-  if type(s.modelPath) == "string" and s.modelPath ~= "" then
-    vim.list_extend(out, { "--model", vim.fs.normalize(s.modelPath) })
-  end
-  if type(s.device) == "string" and s.device ~= "auto" then
-    vim.list_extend(out, { "--device", s.device })
-  end
-  if type(s.steps) == "number" and s.steps > 0 then
-    vim.list_extend(out, { "--steps", tostring(s.steps) })
-  end
-  return out
-end
-
 -- Positions ---------------------------------------------------------------------------------------------------
 
 local function get_line(bufnr, row)
@@ -770,7 +745,7 @@ function M.setup(opts)
 
   local settings = server_settings()
   local lsp_config = vim.tbl_deep_extend("force", {
-    cmd = M._server_cmd(),
+    cmd = M.config.cmd,
     cmd_env = M.config.cmd_env,
     filetypes = M.config.filetypes,
     root_markers = M.config.root_markers,
@@ -808,7 +783,8 @@ function M.setup(opts)
     group = group,
     callback = function(ev)
       local params = ev.data and ev.data.params
-      if not params or params.token ~= M.PROGRESS_TOKEN then
+      local token = params and params.token
+      if type(token) ~= "string" or token:sub(1, #M.PROGRESS_TOKEN) ~= M.PROGRESS_TOKEN then -- also ".../load-model-2"
         return
       end
       local value = params.value or {}

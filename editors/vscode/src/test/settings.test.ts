@@ -1,9 +1,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import {
-  configurationPayload, needsRestart, optionalPath, SERVER_DEFAULTS, SERVER_KEYS, serverCliArgs, toServerSettings,
-} from "../settings";
+import { configurationPayload, needsRestart, optionalPath, SERVER_DEFAULTS, SERVER_KEYS, toServerSettings } from "../settings";
 
 const from = (values: Record<string, unknown>) => (key: string) => values[key];
 
@@ -73,10 +71,4 @@ test("serverPath and serverArgs restart; the rest is sent", () => {
   assert.equal(needsRestart((section) => section === "codefill.serverPath"), true);
   assert.equal(needsRestart((section) => section === "codefill.serverArgs"), true);
   assert.equal(needsRestart((section) => section === "codefill.steps"), false);
-});
-
-test("model settings also go on the command line, defaults add nothing", () => {
-  assert.deepEqual(serverCliArgs(toServerSettings(from({}))), []);
-  assert.deepEqual(serverCliArgs(toServerSettings(from({ modelPath: "/m", device: "cuda:0", steps: 8 }))),
-    ["--model", "/m", "--device", "cuda:0", "--steps", "8"]);
 });
