@@ -446,9 +446,8 @@ def _plan_shards(state: dict[str, torch.Tensor], metadata: dict[str, str], max_b
 
     groups: list[list[str]] = []
     current: list[str] = []
-    for name in state:
+    for name, t in state.items():
         if file_size([name]) > max_bytes:
-            t = state[name]
             raise CheckpointError(
                 f"tensor {name!r} ({t.numel() * t.element_size():,} bytes) does not fit a shard of {max_bytes:,} bytes"
             )

@@ -23,7 +23,13 @@ from training.dataset import TokenArrays
 from training.device_data import load_packed, pack, pack_arrays, run_summary, subset
 from training.objective import ExampleSampler, ObjectiveConfig
 from training.train import (
-    FastSampler, TrainConfig, TrainState, export_model, load_split, masked_loss, train,
+    FastSampler,
+    TrainConfig,
+    TrainState,
+    export_model,
+    load_split,
+    masked_loss,
+    train,
 )
 
 SNIPPETS = [
@@ -33,8 +39,8 @@ SNIPPETS = [
     "import os\nimport sys\n\nif __name__ == '__main__':\n    sys.exit(main())\n",
     "def area(w, h):\n    if w < 0 or h < 0:\n        raise ValueError('negative')\n    return w * h\n",
     "items = []\nfor k, v in sorted(table.items()):\n    if v:\n        items.append((k, v))\nprint(items)\n",
-    "class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, x):\n"
-    "        self.items.append(x)\n\n    def pop(self):\n        return self.items.pop()\n",
+    ("class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, x):\n"
+     "        self.items.append(x)\n\n    def pop(self):\n        return self.items.pop()\n"),
 ]
 
 

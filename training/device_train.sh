@@ -4,7 +4,7 @@
 # result, committed), else from scratch, and brings the result back in $OUT.
 #
 # BEFORE (here, on the CPU machine; the tokenized data must exist: `codefill train` builds data/ when missing):
-#   python -m training.device_data pack --data data --out gpu_data   # once; ~20 MiB, git-ignored, ~5 min of CPU
+#   python -m training.device_data pack --data data --out gpu_data   # once: 19 MiB, git-ignored, ~70 s of CPU
 #   python -m training.device_data size --carry gpu_data             # must print "in all" <= 64 MiB
 #   bash training/device_train.sh --smoke                            # ~1 min on the CPU: the same path, tiny model
 # The model travels in the working tree (engine/models/codefill-gpu, 37 MiB in bf16) beside gpu_data (~20 MiB):
@@ -13,9 +13,9 @@
 # THE DEVICE CALL (one call, ~8 minutes of the 15-minute budget; leaves time for one rerun if the start fails):
 #   run(command="bash training/device_train.sh", carry=["gpu_data"], timeout_s=560)
 # then give_back() at once. Tunables as environment variables in the command, e.g.
-# "MINUTES=7 BATCH=128 LR=1e-3 WORKERS=12 bash training/device_train.sh" (the defaults), and NO_COMPILE=1 to
-# train eagerly (torch.compile already falls back to eager by itself if compiling raises). The progress (a line every 20 s,
-# valid losses) is in the reply's output_tail.
+# "MINUTES=7.5 BATCH=128 LR=1e-3 WORKERS=12 bash training/device_train.sh" (the defaults), and NO_COMPILE=1 to
+# train eagerly (torch.compile already falls back to eager by itself if compiling raises). The progress (a line
+# every 20 s, valid losses every 2,000 steps) is in the reply's output_tail.
 #
 # WHAT COMES BACK (files_at; 7 files, each under 16 MiB):
 #   model/config.json, model/model.safetensors.index.json, model/model-0000{1,2,3}-of-00003.safetensors (bf16),
@@ -31,8 +31,11 @@
 #   (compare pass@1, exact match and the share of empty fills, see shared/docs/CALIBRATION.md); if the GPU model is
 #   better, make it the default: BUILTIN_MODEL = "codefill-gpu" in engine/api.py.
 # A later device session runs the same call and continues from the committed directory (fresh optimizer, new
-# warmup; its optimizer state is too large to bring back). first_loss in run.json should be close to the previous
-# session's last_loss: a jump means the starting weights were not the ones trained.
+# warmup; its optimizer state is too large to bring back). first_loss in run.json (before any update) should be
+# near the previous session's last_loss (one batch each: within noise); ~9 (ln 8192) means the weights were lost.
+# Travel budget: tracked tree + gpu_data (19 MiB) + engine/models/codefill-gpu (37.5 MiB) must stay <= 64 MiB, so
+# another built-in model in the tree (codefill-small: 13 MiB in bf16, 26 MiB in fp32) does not fit beside them;
+# `size` above says; if over, take it out of the tree or repack with --max-train-tokens (less data).
 #
 # --smoke (or SMOKE=1): the same path on the CPU with the "tiny" preset for a few steps, twice (from scratch, then
 # --init-from the first result, as the next session would), into $OUT or a temporary directory.
@@ -81,7 +84,7 @@ train() {  # train ARGS...: one `codefill train` into $OUT/model, under a hard t
 }
 
 if [ "$SMOKE" = 1 ]; then
-  common=(--preset tiny --device cpu --threads 1 --batch-size 4 --workers 1 --log-seconds 1 --eval-every 3
+  common=(--preset tiny --device cpu --threads 1 --batch-size 4 --workers 1 --log-seconds 0.05 --eval-every 3
           --warmup-steps 2 --shard-mb 0.52 --save-dtype bfloat16 --minutes 2)
   if [ -f "$INIT/config.json" ]; then
     train "${common[@]}" --max-steps 6 --init-from "$INIT"
@@ -121,6 +124,9 @@ while IFS= read -r f; do
   printf '%10d  %s\n' "$size" "${f#$OUT/}"
   if [ "$size" -ge $((16 * 1024 * 1024)) ]; then bad=1; fi
 done < <(find "$OUT" -type f | sort)
-if [ "$n" -gt 8 ] || [ "$bad" = 1 ]; then echo "!! $n files or a file over 16 MiB: not all will come back"; if [ "$rc" = 0 ]; then rc=4; fi; fi
+if [ "$n" -gt 8 ] || [ "$bad" = 1 ]; then
+  echo "!! $n files or a file over 16 MiB: not all will come back"
+  if [ "$rc" = 0 ]; then rc=4; fi
+fi
 echo "== exit status $rc (124: the hard time limit cut training short; model/ holds the last checkpoint's export)"
 exit "$rc"

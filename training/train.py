@@ -16,9 +16,9 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -457,7 +457,8 @@ def train(run: Path, data_dir: Path, cfg: TrainConfig, device_name: str = "auto"
     save_state(run, model, opt, state, cfg, tokenizer_path)
     if export_dir is not None:
         export_model(model, tokenizer_path, export_dir, state, cfg, shard_mb, save_dtype)
-    print(f"{'' if cfg.log_seconds > 0 else chr(10)}done: step {state.step}, {state.tokens_seen / 1e6:.1f}M tokens, valid loss {vl:.4f}", file=sys.stderr)
+    nl = "" if cfg.log_seconds > 0 else "\n"
+    print(f"{nl}done: step {state.step}, {state.tokens_seen / 1e6:.1f}M tokens, valid loss {vl:.4f}", file=sys.stderr)
     return state
 
 
