@@ -78,6 +78,29 @@ def use_lsp_lines(workspace: Workspace) -> None:
     workspace._create_text_document = create  # type: ignore[method-assign]
 
 
+class FramingGuard:
+    """stdin for pygls that finds the next message after a broken header.
+
+    pygls reads header lines until one is exactly "Content-Length: N". After a header it cannot read, the body
+    that follows ends without a line break, so every later header is glued to a body and never matches: one bad
+    frame deafened the server for good. Here a line with "Content-Length:" after other bytes is cut back to it.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def readline(self) -> bytes:
+        line = self.stream.readline()
+        cut = line.find(b"Content-Length:")
+        if cut > 0:
+            log.warning("dropped %d bytes of a broken message before the next header", cut)
+            return line[cut:]
+        return line
+
+    def read(self, n: int) -> bytes:
+        return self.stream.read(n)
+
+
 @dataclass
 class Document:
     """A document's text as the server sees it."""
@@ -193,6 +216,8 @@ class CodefillServer(LanguageServer):
         self.cache: dict[str, CachedFill] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self.progress_open = False
+        self.progress_token = PROGRESS_TOKEN
+        self.loads_reported = 0  # model loads announced with $/progress; later ones get a suffixed token
         self.file_handler: logging.Handler | None = None
         self.fills_started = 0  # engine calls made; for logs and tests
 
@@ -256,6 +281,8 @@ class CodefillServer(LanguageServer):
             self.engine = self._make_engine()
             self.engine_error = None
             self.start_loading()
+            if self.loop is not None:  # a reload is reported like the first load
+                self.loop.create_task(self.begin_progress())
         else:
             # Not loaded yet (settings from initializationOptions) or still loading: the new engine replaces it;
             # a load under way finishes, is closed, and the new one loads (see _loaded).
@@ -318,7 +345,7 @@ class CodefillServer(LanguageServer):
         if self.progress_open:
             self.progress_open = False
             self.work_done_progress.end(
-                PROGRESS_TOKEN,
+                self.progress_token,
                 types.WorkDoneProgressEnd(message="model ready" if error is None else "model failed to load"),
             )
 
@@ -327,14 +354,16 @@ class CodefillServer(LanguageServer):
         caps = self.client_capabilities
         if not (caps and caps.window and caps.window.work_done_progress):
             return
+        self.loads_reported += 1
+        self.progress_token = PROGRESS_TOKEN if self.loads_reported == 1 else f"{PROGRESS_TOKEN}-{self.loads_reported}"
         try:
-            await asyncio.wait_for(self.work_done_progress.create_async(PROGRESS_TOKEN), timeout=5)
+            await asyncio.wait_for(self.work_done_progress.create_async(self.progress_token), timeout=5)
         except Exception as exc:
             log.info("no progress reporting: %s", exc)
             return
         self.progress_open = True
         self.work_done_progress.begin(
-            PROGRESS_TOKEN, types.WorkDoneProgressBegin(title="codefill", message="loading the model", cancellable=False)
+            self.progress_token, types.WorkDoneProgressBegin(title="codefill", message="loading the model", cancellable=False)
         )
         if not self.engine_loading:  # it finished before the client was ready to hear of it
             self._end_progress(self.engine_error)
@@ -644,4 +673,4 @@ def make_server(settings: Settings | None = None, engine_factory: str | None = N
     return server
 
 
-__all__ = ["CodefillServer", "make_server", "FILL_COMMAND"]
+__all__ = ["FILL_COMMAND", "CodefillServer", "FramingGuard", "make_server"]

@@ -25,3 +25,25 @@ async def test_model_path_from_initialization_options_is_loaded(tiny_model_dir: 
         assert f"engine loaded: {tiny_model_dir}" in log_file.read_text()
     finally:
         await stop_server(client)
+
+
+async def test_reload_after_a_settings_change_is_reported_with_progress(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import asyncio
+    import shutil
+
+    other = tmp_path / "other-model"
+    shutil.copytree(tiny_model_dir, other)
+    client = await start_server(["--model", str(tiny_model_dir), "--device", "cpu"])
+    try:
+        client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+            settings={"codefill": {"modelPath": str(other)}}))
+        token = "codefill/load-model-2"
+        for _ in range(200):
+            reports = client.progress_reports.get(token, [])
+            if any(isinstance(r, types.WorkDoneProgressEnd) for r in reports):
+                break
+            await asyncio.sleep(0.1)
+        kinds = [type(r).__name__ for r in client.progress_reports.get(token, [])]
+        assert kinds[0] == "WorkDoneProgressBegin" and kinds[-1] == "WorkDoneProgressEnd"
+    finally:
+        await stop_server(client)
