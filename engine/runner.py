@@ -111,13 +111,14 @@ class Runner:
         def predict(span: Tensor, step: int) -> Tensor:
             ids[:, s0 : s0 + k] = span
             if not cache or step % max(1, refresh_every) == 0 or state["cache"] is None:
-                logits, kv = self.model(ids, positions=lay.positions, key_mask=lay.key_mask,
-                                        fill_cache=cache)  # [B, T, V]
+                hidden, kv = self.model(ids, positions=lay.positions, key_mask=lay.key_mask, fill_cache=cache,
+                                        hidden_only=True)  # [B, T, H]
                 state["cache"] = kv
-                return logits[:, lo : lo + k]
-            logits, _ = self.model(ids[:, lo : s0 + k], positions=lay.positions[:, lo : s0 + k],
-                                   key_mask=lay.key_mask, cache=state["cache"], start=lo)  # [B, K+shift, V]
-            return logits[:, :k]
+                return self.model.lm_head(hidden[:, lo : lo + k])  # [B, K, V]: the only rows the sampler reads
+            hidden, _ = self.model(ids[:, lo : s0 + k], positions=lay.positions[:, lo : s0 + k],
+                                   key_mask=lay.key_mask, cache=state["cache"], start=lo,
+                                   hidden_only=True)  # [B, K+shift, H]
+            return self.model.lm_head(hidden[:, :k])  # [B, K, V]
 
         span = ids[:, s0 : s0 + k].clone()
         stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=self.device)
