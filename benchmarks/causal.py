@@ -11,6 +11,8 @@ tests/test_bench.py checks that both produce the same tokens.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -21,7 +23,8 @@ from engine.model import Block, DiffusionLM, rotate_half
 class CausalDecoder:
     """Greedy causal generation with a static KV cache over a DiffusionLM's weights."""
 
-    def __init__(self, model: DiffusionLM, batch: int, max_len: int) -> None:
+    def __init__(self, model: DiffusionLM, batch: int, max_len: int, suppress: list[int] | None = None) -> None:
+        """suppress: ids never generated (the end tokens, as min_new_tokens does in transformers' generate)."""
         cfg = model.cfg
         p = model.embed_tokens.weight
         self.model = model
@@ -34,6 +37,7 @@ class CausalDecoder:
         self.keys = [torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in model.layers]
         self.values = [torch.zeros(shape, dtype=p.dtype, device=p.device) for _ in model.layers]
         self.slots = torch.arange(max_len, device=p.device)  # [T]
+        self.suppress = torch.tensor(sorted(set(suppress or [])), dtype=torch.long, device=p.device)  # [S]
 
     def _attend(self, layer: Block, i: int, x: Tensor, cos: Tensor, sin: Tensor, at: Tensor, mask: Tensor) -> Tensor:
         """One block for the rows x [B, S, H] sitting at window positions at [S]."""
@@ -64,7 +68,10 @@ class CausalDecoder:
         x = m.embed_tokens(ids)  # [B, S, H]
         for i, layer in enumerate(m.layers):
             x = self._attend(layer, i, x, cos, sin, at, mask)
-        return m.lm_head(m.norm(x[:, -1]))  # [B, V]
+        logits = m.lm_head(m.norm(x[:, -1]))  # [B, V]
+        if self.suppress.numel():
+            logits.index_fill_(1, self.suppress, -math.inf)
+        return logits
 
     def prefill(self, prompt: Tensor) -> Tensor:
         """Run the prompt [B, P]; returns the first generated token [B]."""
@@ -93,7 +100,7 @@ class CausalDecoder:
 
 
 @torch.inference_mode()
-def reference_generate(model: DiffusionLM, prompt: Tensor, n: int) -> Tensor:
+def reference_generate(model: DiffusionLM, prompt: Tensor, n: int, suppress: list[int] | None = None) -> Tensor:
     """Greedy, recomputing the whole causal forward for every new token through the model's own blocks: slow,
     obviously right; the standard the KV-cache decoder is checked against."""
     ids = prompt
@@ -106,7 +113,10 @@ def reference_generate(model: DiffusionLM, prompt: Tensor, n: int) -> Tensor:
         x = model.embed_tokens(ids)
         for layer in model.layers:
             x, _ = layer(x, cos, sin, causal, None, 0, False)
-        token = model.lm_head(model.norm(x[:, -1])).argmax(-1)  # [B]
+        logits = model.lm_head(model.norm(x[:, -1]))  # [B, V]
+        if suppress:
+            logits[:, sorted(set(suppress))] = -math.inf
+        token = logits.argmax(-1)  # [B]
         out.append(token)
         ids = torch.cat([ids, token.unsqueeze(1)], dim=1)
     return torch.stack(out, dim=1)

@@ -143,7 +143,7 @@ def run(cfg: EngineBenchConfig, source: ModelSource, log: Callable[[str], None] 
                 ar_common = dict(steps=k, prompt_tokens=int(prompt.shape[1]), window_tokens=int(prompt.shape[1]) + k)
                 ours_tokens = None
                 if "ours" in cfg.baselines:
-                    decoder = CausalDecoder(model, batch, prompt.shape[1] + k)
+                    decoder = CausalDecoder(model, batch, prompt.shape[1] + k, suppress=sorted(tok.end_ids))
                     ours_tokens = decoder.generate(prompt, k)
                     seconds = time_runs(lambda: decoder.generate(prompt, k), cfg.reps, cfg.warmup, sync)
                     rows.append(_row("ar-ours", dtype, batch, k, seconds, cache=None, **ar_common))

@@ -367,10 +367,11 @@ class Case:
         """Our causal KV-cache decoder: eager, or its decode step as a CUDA graph and/or compiled."""
         w, k = self.w, self.k
         if mode == "eager":
-            plain = CausalDecoder(self.model, self.batch, self.max_len)
+            plain = CausalDecoder(self.model, self.batch, self.max_len, suppress=w.end_ids)
             self.measure("ar-ours", mode, lambda: plain.generate(w.prompt, k), **self.ar_base)
             return
-        dec = GraphedDecoder(CausalDecoder(self.model, self.batch, self.max_len), mode, backend or self.backend)
+        dec = GraphedDecoder(CausalDecoder(self.model, self.batch, self.max_len, suppress=w.end_ids), mode,
+                             backend or self.backend)
         self.measure("ar-ours", mode, lambda: dec.generate(w.prompt, k), prepare=lambda: dec.prepare(w.prompt),
                      **self.ar_base)
 

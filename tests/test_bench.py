@@ -52,6 +52,11 @@ def test_kv_cache_decode_matches_full_recompute(qkv_bias: bool) -> None:
     # Reusing the decoder for another prompt overwrites the cache rather than mixing the two.
     other = torch.randint(0, 97, (3, 7), generator=torch.Generator().manual_seed(3))
     assert decoder.generate(other, 16).tolist() == reference_generate(model, other, 16).tolist()
+    # Suppressed ids (the end tokens, as with min_new_tokens) are never chosen, here and in the reference alike.
+    favourite = int(expected.flatten().mode().values)
+    suppressed = CausalDecoder(model, batch=3, max_len=40, suppress=[favourite]).generate(prompt, 16)
+    assert favourite not in suppressed.flatten().tolist()
+    assert suppressed.tolist() == reference_generate(model, prompt, 16, suppress=[favourite]).tolist()
     # The tokens depend on the prompt (a decoder that ignored its cache could not pass the checks above).
     assert expected.tolist() != reference_generate(model, other, 16).tolist()
 
