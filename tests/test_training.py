@@ -198,6 +198,9 @@ def test_cli_train_exports_a_loadable_sharded_model(tiny_data: Path, tmp_path: P
             "--device", "cpu", "--threads", "1", "--batch-size", "2", "--max-steps", "3", "--warmup-steps", "2",
             "--export", str(out), "--shard-mb", "0.03", "--save-dtype", "bfloat16", "--log-seconds", "0.01",
             "--workers", "1"]
+    # Export settings that cannot work fail before any training, not after the whole time budget.
+    too_small = [a if a != "0.03" else "0.001" for a in args]
+    assert main(too_small) == 1 and not (tmp_path / "run").exists()
     assert main(args) == 0
     files = sorted(p.name for p in out.iterdir())
     assert INDEX_FILE in files and "training.json" in files and "tokenizer.json" in files

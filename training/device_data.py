@@ -127,6 +127,12 @@ def subset(arrays: TokenArrays, max_tokens: int, seed: int = 0) -> TokenArrays:
                        spans=np.concatenate(span_parts).reshape(-1, 2) if span_parts else np.zeros((0, 2), np.int64))
 
 
+def _same_vocab(a: Path, b: Path) -> bool:
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(a)).get_vocab() == Tokenizer.from_file(str(b)).get_vocab()
+
+
 def pack(data: Path, out: Path, preset: int = 6, max_train_tokens: int = 0) -> dict:
     """data/{tokenizer.json,train.npz,valid.npz} -> out/{tokenizer.json,train.pack.npz,valid.pack.npz,pack.json}."""
     out.mkdir(parents=True, exist_ok=True)
@@ -144,6 +150,11 @@ def pack(data: Path, out: Path, preset: int = 6, max_train_tokens: int = 0) -> d
         print(f"{split}: {len(arrays.tokens):,} tokens of {full:,}, {len(arrays.spans):,} spans -> "
               f"{size / 2**20:.2f} MiB", file=sys.stderr)
     report["total_bytes"] = sum(p.stat().st_size for p in out.iterdir() if p.is_file()) + 400  # + pack.json
+    model_tok = Path(__file__).resolve().parent.parent / "engine" / "models" / "codefill-gpu" / "tokenizer.json"
+    if model_tok.exists() and not _same_vocab(model_tok, out / "tokenizer.json"):
+        print(f"WARNING: {data / 'tokenizer.json'} is not the tokenizer of {model_tok.parent}: a device run could "
+              "not continue that model from this data (train() refuses). Tokenize the corpus with that model's "
+              "tokenizer.json first.", file=sys.stderr)
     (out / "pack.json").write_text(json.dumps(report, indent=1) + "\n")
     print(f"{out}: {report['total_bytes'] / 2**20:.2f} MiB in all", file=sys.stderr)
     return report

@@ -17,7 +17,7 @@
 # train eagerly (torch.compile already falls back to eager by itself if compiling raises). The progress (a line
 # every 20 s, valid losses every 2,000 steps) is in the reply's output_tail.
 #
-# WHAT COMES BACK (files_at; 7 files, each under 16 MiB):
+# WHAT COMES BACK (files_at; 8 files, the most the tool returns, each under 16 MiB; 38 MiB in all):
 #   model/config.json, model/model.safetensors.index.json, model/model-0000{1,2,3}-of-00003.safetensors (bf16),
 #   model/tokenizer.json, model/training.json (counters and valid losses of every session so far), run.json
 #   (this session: steps, tokens, tokens/s, first/last/valid loss, GPU name, whether torch.compile ran).
@@ -85,15 +85,15 @@ train() {  # train ARGS...: one `codefill train` into $OUT/model, under a hard t
 
 if [ "$SMOKE" = 1 ]; then
   common=(--preset tiny --device cpu --threads 1 --batch-size 4 --workers 1 --log-seconds 0.05 --eval-every 3
-          --warmup-steps 2 --shard-mb 0.52 --save-dtype bfloat16 --minutes 2)
-  if [ -f "$INIT/config.json" ]; then
-    train "${common[@]}" --max-steps 6 --init-from "$INIT"
+          --warmup-steps 2 --save-dtype bfloat16 --minutes 2)
+  if [ -f "$INIT/config.json" ]; then  # the real model, its real export settings, a few steps
+    train "${common[@]}" --max-steps 1000000 --minutes 0.2 --init-from "$INIT" --shard-mb 15
   else
     first="$(mktemp -d /tmp/codefill-smoke-init.XXXXXX)"
     echo "== smoke 1/2: from scratch"
-    train "${common[@]}" --max-steps 4 && cp -r "$OUT/model/." "$first/" && rm -rf "$RUN_DIR" || exit 1
+    train "${common[@]}" --shard-mb 0.52 --max-steps 4 && cp -r "$OUT/model/." "$first/" && rm -rf "$RUN_DIR" || exit 1
     echo "== smoke 2/2: --init-from the first result, as the next device session would"
-    train "${common[@]}" --max-steps 8 --init-from "$first"
+    train "${common[@]}" --shard-mb 0.52 --max-steps 8 --init-from "$first"
     rm -rf "$first"
   fi
   rc=$?

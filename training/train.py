@@ -309,6 +309,20 @@ def export_model(model: DiffusionLM, tokenizer_path: Path, out: Path, state: Tra
     return out
 
 
+def check_export(model: DiffusionLM, shard_mb: float = 0.0, save_dtype: str | None = None) -> None:
+    """Raise now if export_model could not write this model with these settings (unknown dtype, a tensor larger
+    than a shard)."""
+    from engine.checkpoint import _plan_shards
+
+    dtype = getattr(torch, save_dtype) if save_dtype else None
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"unknown floating dtype {save_dtype!r}")
+    if shard_mb:
+        meta = {n: torch.empty(t.shape, dtype=dtype or t.dtype, device="meta")
+                for n, t in model.state_dict().items()}
+        _plan_shards(meta, {"format": "pt", "family": model.cfg.family}, int(shard_mb * 2**20))
+
+
 def train(run: Path, data_dir: Path, cfg: TrainConfig, device_name: str = "auto", init_from: Path | None = None,
           export_dir: Path | None = None, shard_mb: float = 0.0, save_dtype: str | None = None) -> TrainState:
     """Train (or resume) the model in run, for cfg.minutes of wall time.
@@ -345,6 +359,8 @@ def train(run: Path, data_dir: Path, cfg: TrainConfig, device_name: str = "auto"
         opt = make_optimizer(model, cfg)
         state = TrainState()
     model.train()
+    if export_dir is not None:  # a setting that cannot be exported fails now, not after the whole budget
+        check_export(model, shard_mb, save_dtype)
     # bf16 autocast on GPUs; on this CPU bf16 matmuls measured no faster than fp32 (no AMX), so fp32 there.
     autocast = device.type == "cuda"
     train_data = load_split(data_dir, "train")
