@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.verbose:
         logging.getLogger("pygls").setLevel(logging.DEBUG)
 
-    from lsp_server.server import make_server  # after logging is set up
+    from lsp_server.server import FramingGuard, make_server  # after logging is set up
 
     settings = Settings(model_path=args.model, device=args.device, steps=max(args.steps, 0),
                         log_file=args.log_file)
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.tcp:
         server.start_tcp(*args.tcp)
     else:
-        server.start_io()
+        server.start_io(FramingGuard(sys.stdin.buffer))
     return 0
 
 

@@ -12,13 +12,15 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from lsp_fixtures.harness import FAKE_ENGINE, REPO, inline, open_doc, start_server, stop_server
+from lsp_fixtures.harness import FAKE_ENGINE, REPO, inline, open_doc, server_env, start_server, stop_server
 from lsprotocol import types
 
 from engine import serve
@@ -298,3 +300,82 @@ def test_a_cancelled_remote_fill_sends_cancel(tmp_path) -> None:
     finally:
         remote.close()
         server.stop()
+
+
+# -- bad input the existing tests do not cover (tests/test_lsp_lifecycle.py has bad JSON bodies, test_lsp_server.py
+# -- a 5 MB line and invalid UTF-8 on disk): broken frame headers, binary files, files too big to read, NUL bytes
+
+
+def _frame(message: dict | bytes, extra: int = 0) -> bytes:
+    body = message if isinstance(message, bytes) else json.dumps(message).encode()
+    return b"Content-Length: %d\r\n\r\n" % (len(body) + extra) + body
+
+
+def _answers(stream, wanted: set) -> dict:
+    """Read messages until every wanted id has an answer; returns them by id."""
+    got: dict = {}
+    while not wanted <= set(got):
+        length = 0
+        while True:
+            line = stream.readline()
+            if not line:
+                raise EOFError(f"the server closed its output; answered: {sorted(got, key=str)}")
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+            if line in (b"\r\n", b"\n") and length:
+                break
+        msg = json.loads(stream.read(length))
+        if "method" not in msg:
+            got[msg.get("id")] = msg
+    return got
+
+
+def test_a_broken_frame_header_does_not_deafen_the_server() -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "lsp_server", *FAKE], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=server_env(), cwd=REPO)
+
+    def ping(n: int) -> dict:
+        return {"jsonrpc": "2.0", "id": n, "method": "textDocument/inlineCompletion",
+                "params": {"textDocument": {"uri": "file:///nowhere.py"}, "position": {"line": 0, "character": 0},
+                           "context": {"triggerKind": 1}}}
+
+    watchdog = threading.Timer(30, proc.kill)  # a deaf server fails the test instead of hanging it
+    watchdog.start()
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(_frame({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"capabilities": {}}}))
+        proc.stdin.write(b"Content-Length: twelve\r\n\r\n{}" + _frame(ping(50)))  # a length that is not a number
+        proc.stdin.write(b"Content-Type: text/plain\r\n\r\n{}" + _frame(ping(51)))  # no length at all
+        proc.stdin.write(_frame(ping(60), extra=7) + _frame(ping(61)) + _frame(ping(62)))  # a length too long
+        proc.stdin.write(_frame({"jsonrpc": "2.0", "id": 99, "method": "shutdown"}))
+        proc.stdin.flush()
+        got = _answers(proc.stdout, {1, 50, 51, 62, 99})
+        assert got[50]["result"] is None and got[51]["result"] is None and got[62]["result"] is None
+        assert got[99]["result"] is None and proc.poll() is None
+    finally:
+        watchdog.cancel()
+        proc.kill()
+        proc.wait()
+
+
+async def test_binary_and_oversized_files_are_answered(tmp_path) -> None:
+    from lsp_server.server import MAX_DISK_BYTES
+
+    big = tmp_path / "big.py"
+    big.write_bytes(b'# codefill-fake: "1"\nx = \n' + b"# padding\n" * (MAX_DISK_BYTES // 10 + 1))
+    binary = tmp_path / "blob.py"
+    binary.write_bytes(bytes(range(256)) * 400 + b"\x00\x00x = ")
+    client = await start_server(FAKE)
+    try:
+        started = time.monotonic()
+        assert await inline(client, big.as_uri(), 1, 4) is None  # too big to read from disk: null, at once
+        assert time.monotonic() - started < 5
+        await inline(client, binary.as_uri(), 0, 3)  # answered, whatever it is
+        uri = "file:///nul.py"
+        open_doc(client, uri, '# codefill-fake: "1"\n\x00\x01 s = "\ud800"\nx = \n')
+        for line, character in [(1, 0), (1, 3), (1, 9), (2, 4), (9, 9)]:
+            await inline(client, uri, line, character)
+        result = await inline(client, uri, 2, 4)
+        assert result is not None and result.items[0].insert_text == "1"
+    finally:
+        await stop_server(client)
