@@ -379,3 +379,19 @@ async def test_binary_and_oversized_files_are_answered(tmp_path) -> None:
         assert result is not None and result.items[0].insert_text == "1"
     finally:
         await stop_server(client)
+
+
+async def test_generated_code_is_never_run(tmp_path) -> None:
+    """A fill is text: the server parses it (tree-sitter) and sends it, it never runs it."""
+    witness = tmp_path / "ran"
+    payload = f"__import__('os').system('touch {witness}') or open('{witness}', 'w')"
+    client = await start_server(FAKE)
+    try:
+        uri = "file:///payload.py"
+        open_doc(client, uri, f"# codefill-fake: {json.dumps(payload)}\nx = \n")
+        result = await inline(client, uri, 1, 4)
+        assert result is not None and result.items[0].insert_text == payload
+        await asyncio.sleep(0.5)
+        assert not witness.exists()
+    finally:
+        await stop_server(client)
