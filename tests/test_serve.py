@@ -376,3 +376,34 @@ def test_command_line_tcp_writes_a_private_token_and_checks_it(tmp_path) -> None
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+
+
+async def test_two_editor_windows_start_one_engine(tmp_path_factory) -> None:
+    """Two language servers with --engine auto, started at once, share one engine process."""
+    import asyncio
+    import shutil
+    import tempfile
+
+    from lsp_fixtures.harness import inline, open_doc, start_server, stop_server
+
+    runtime = Path(tempfile.mkdtemp(prefix="cf-", dir="/tmp"))
+    args = ["--engine-factory", FAKE_ENGINE, "--debounce-ms", "0", "--engine", "auto"]
+    env = {"XDG_RUNTIME_DIR": str(runtime)}
+    windows = await asyncio.gather(start_server(args, env=env), start_server(args, env=env))
+    try:
+        (sock,) = (runtime / "codefill").glob("*.sock")  # one engine, whichever window started it
+        for n, client in enumerate(windows):
+            open_doc(client, "file:///shared.py", f'# codefill-fake: "{n}"\nx = \n')
+            result = await inline(client, "file:///shared.py", 1, 4)
+            assert result is not None and result.items[0].insert_text == str(n)
+        health = serve.request_once(Address("unix", path=str(sock)), "health")
+        assert health["clients"] == 3 and health["requests_served"] == 2  # two windows and this request
+    finally:
+        for client in windows:
+            await stop_server(client)
+        for left in (runtime / "codefill").glob("*.sock"):
+            try:
+                serve.request_once(Address("unix", path=str(left)), "shutdown", timeout=5)
+            except (OSError, RuntimeError):
+                pass
+        shutil.rmtree(runtime, ignore_errors=True)
