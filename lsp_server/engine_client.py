@@ -6,7 +6,6 @@ RemoteEngine never does.
 
 from __future__ import annotations
 
-import fcntl
 import itertools
 import json
 import logging
@@ -450,6 +449,7 @@ class RemoteEngine:
 
     @property
     def ready(self) -> bool:
+        """Connected to an engine whose model is loaded (False while it restarts)."""
         conn = self._conn
         return self.state == "ready" and conn is not None and conn.alive
 
@@ -461,6 +461,7 @@ class RemoteEngine:
             raise EngineUnavailable(str(exc)) from None
 
     def close(self) -> None:
+        """Disconnect and stop restarting; the engine stays up for its other clients (or idles out)."""
         self._closed.set()
         self.state = "closed"
         conn, self._conn = self._conn, None
@@ -540,7 +541,7 @@ class RemoteEngine:
             log.error("the engine (pid %s) at %s does not answer: killing it; it will be restarted", pid,
                       conn.address)
             try:
-                os.kill(pid, signal.SIGKILL)
+                os.kill(pid, getattr(signal, "SIGKILL", signal.SIGTERM))
             except OSError:
                 pass
         else:
@@ -727,6 +728,8 @@ def _absolute_factory(factory: str | None) -> str | None:
 @contextmanager
 def _spawn_lock(path: Path) -> Iterator[None]:
     """One editor window at a time starts an engine on a socket."""
+    import fcntl  # POSIX only, like the Unix socket itself; the in-process mode never needs it
+
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
