@@ -67,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--proto", action="store_true", help="also time prototypes of engine changes")
     e.add_argument("--proto-compile", action="store_true",
                    help="with --proto, also the fixed-shape step under torch.compile (compiling takes minutes)")
-    e.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    e.add_argument("--threads", type=int, default=0,
+                   help="CPU threads (EngineConfig.threads; default: the engine's choice, one for small models)")
     e.add_argument("--omp-passive", action="store_true",
                    help="set OMP_WAIT_POLICY=PASSIVE before torch loads (on a busy CPU, spinning OpenMP threads "
                         "make every op wait for a descheduled thread)")
@@ -113,20 +114,16 @@ def set_omp_passive(on: bool) -> None:
 def cmd_engine(args: argparse.Namespace) -> int:
     """`codefill bench engine`."""
     set_omp_passive(args.omp_passive)
-    import torch
-
     from benchmarks import engine_bench
     from benchmarks.timing import describe_hardware, hardware
     from benchmarks.workload import prepare_model
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
     cfg = engine_bench.EngineBenchConfig(
         ks=args.ks, batches=args.batches, caches=[c == "on" for c in args.cache],
         dtypes=[DTYPE_NAMES[d] for d in dict.fromkeys(args.dtypes)], reps=args.reps, warmup=args.warmup,
         steps=args.steps, refresh_every=args.refresh_every, device=args.device, window=args.window,
         baselines=[b for b in args.baselines if b != "none"], ar_prompt=args.ar_prompt,
-        proto=args.proto or args.proto_compile, proto_compile=args.proto_compile,
+        proto=args.proto or args.proto_compile, proto_compile=args.proto_compile, threads=args.threads,
         max_minutes=args.max_minutes,
     )
     if args.smoke:
@@ -152,6 +149,9 @@ def cmd_engine(args: argparse.Namespace) -> int:
     result = engine_bench.run(cfg, source)
     data = {"benchmark": "engine", "created": _now(), "hardware": hw, "model": model,
             "settings": engine_bench.config_dict(cfg), **result}
+    used = sorted({r["threads"] for r in result["rows"]})
+    hw["torch_threads"] = used[0] if len(used) == 1 else used  # what the runs used, not torch's start-up default
+    print(f"threads used: {', '.join(map(str, used))} ({'as asked' if cfg.threads else 'the engine chose'})")
     print(engine_bench.table(result["rows"], result["speedups"]))
     for line in result["problems"]:
         print(f"note: {line}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import sys
 import time
-import types
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
@@ -19,7 +18,7 @@ import torch
 
 from benchmarks import hf as hf_baseline
 from benchmarks.causal import CausalDecoder
-from benchmarks.proto import StaticDenoiser, run_span_logits
+from benchmarks.proto import StaticDenoiser
 from benchmarks.timing import make_sync, summarize, time_interleaved, time_runs
 from benchmarks.workload import HoleText, ModelSource, code_text, holes
 
@@ -45,6 +44,7 @@ class EngineBenchConfig:
     proto: bool = False  # also time the prototypes of engine changes (benchmarks/proto.py)
     proto_compile: bool = False  # and the fixed-shape step under torch.compile (inductor; compiles take minutes)
     max_minutes: float = 0.0  # > 0: skip what is left once this much time has passed
+    threads: int = 0  # CPU threads (EngineConfig.threads); 0: the engine's choice (one for small models)
 
 
 def steps_for(k: int, steps: int) -> int:
@@ -108,7 +108,9 @@ def run(cfg: EngineBenchConfig, source: ModelSource, log: Callable[[str], None] 
 
     for dtype in cfg.dtypes:
         engine = Engine.from_pretrained(source.path, device=cfg.device, dtype=dtype, end_penalty=END_PENALTY,
-                                        window=cfg.window, refresh_every=cfg.refresh_every)
+                                        window=cfg.window, refresh_every=cfg.refresh_every, threads=cfg.threads)
+        # The engine sets torch's (process-wide) thread count; the baselines below run with the same.
+        common_threads = torch.get_num_threads()
         tok = engine.tokenizer
         model = engine.runner.model
         hf_model = None
@@ -123,7 +125,7 @@ def run(cfg: EngineBenchConfig, source: ModelSource, log: Callable[[str], None] 
                 texts = all_texts[:batch]
                 reqs = [FillRequest(h.prefix, h.suffix, max_tokens=k, steps=steps) for h in texts]
                 window_tokens = _window_tokens(engine, texts, k)
-                common = dict(steps=steps, window_tokens=window_tokens)
+                common = dict(steps=steps, window_tokens=window_tokens, threads=common_threads)
 
                 variants = _diffusion_variants(engine, reqs, texts, k, steps, cfg)
                 for name, (method, cache, fn, check) in variants.items():
@@ -140,7 +142,8 @@ def run(cfg: EngineBenchConfig, source: ModelSource, log: Callable[[str], None] 
                     log(_progress(rows[-1]))
 
                 prompt = _ar_prompts(engine, texts, k, cfg.ar_prompt)
-                ar_common = dict(steps=k, prompt_tokens=int(prompt.shape[1]), window_tokens=int(prompt.shape[1]) + k)
+                ar_common = dict(steps=k, prompt_tokens=int(prompt.shape[1]), window_tokens=int(prompt.shape[1]) + k,
+                                 threads=torch.get_num_threads())
                 ours_tokens = None
                 if "ours" in cfg.baselines:
                     decoder = CausalDecoder(model, batch, prompt.shape[1] + k, suppress=sorted(tok.end_ids))
@@ -168,17 +171,13 @@ def _diffusion_variants(engine: Any, reqs: list[Any], texts: list[HoleText], k: 
     from engine.runner import lay_out
     from engine.window import build_window
 
-    def fill(cache: bool, span_logits: bool = False, refresh_every: int | None = None) -> Callable[[], Any]:
+    def fill(cache: bool, refresh_every: int | None = None) -> Callable[[], Any]:
         def run() -> Any:
             engine.config.cache = cache
             engine.config.refresh_every = refresh_every or cfg.refresh_every
-            if span_logits:
-                engine.runner.run = types.MethodType(run_span_logits, engine.runner)
             try:
                 return engine.fill_batch(reqs)
             finally:
-                if span_logits:
-                    del engine.runner.run
                 engine.config.refresh_every = cfg.refresh_every
 
         return run
@@ -192,7 +191,6 @@ def _diffusion_variants(engine: Any, reqs: list[Any], texts: list[HoleText], k: 
     windows = [build_window(tok, h.prefix, h.suffix, k, c.window, c.max_span) for h in texts]
     lay = lay_out(windows, tok.mask_id, tok.pad_id, engine.runner.device)
     for cache in cfg.caches:
-        out[f"span-logits cache={cache}"] = ("diffusion span-logits", cache, fill(cache, span_logits=True), True)
         den = StaticDenoiser(engine.runner.model, lay, steps, tok.mask_id, sorted(tok.end_ids), END_PENALTY,
                              cache=cache, refresh_every=cfg.refresh_every)
         den.prepare()
@@ -204,8 +202,6 @@ def _diffusion_variants(engine: Any, reqs: list[Any], texts: list[HoleText], k: 
             out[f"static compiled cache={cache}"] = ("diffusion static-step compiled", cache, den.fill, False)
     if True in cfg.caches:
         out["refresh-once"] = ("diffusion refresh-once", True, fill(True, refresh_every=10**6), True)
-        out["refresh-once span-logits"] = ("diffusion refresh-once span-logits", True,
-                                           fill(True, span_logits=True, refresh_every=10**6), True)
     return out
 
 

@@ -1,19 +1,18 @@
 """Prototypes of engine changes, measured by the benchmarks before anyone edits engine/.
 
-1. `run_span_logits`: Runner.run with one change: whole-window passes ask the model for hidden states
-   (hidden_only=True) and apply lm_head to the span rows only, instead of computing [B, T, V] logits and slicing.
-2. `StaticDenoiser`: the denoising loop as a fixed-shape, host-sync-free step (forward over the window, or over
+(Logits for the span rows only, prototyped here first, is in engine/runner.py since fec6e30.)
+
+1. `StaticDenoiser`: the denoising loop as a fixed-shape, host-sync-free step (forward over the window, or over
    the span against a static context cache, then the top-n commit written in place), which can be captured once
    as a CUDA graph or handed to torch.compile. It assumes fills never stop early (the benchmarks penalise the end
    token so every fill makes exactly k tokens) and greedy confidence order, which is what the engine runs by
    default; it is a measuring device, not a replacement sampler.
+2. `GraphedDecoder`: the autoregressive baseline's decode step captured once as a CUDA graph (or compiled).
 """
 
 from __future__ import annotations
 
 import math
-import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,44 +21,7 @@ from torch import Tensor
 
 from engine.model import DiffusionLM, KVCache
 
-# engine.runner and engine.sampler are imported where used: they pull in the tokenizers library, which a bare GPU
-# machine may lack; StaticDenoiser and GraphedDecoder need only torch and engine.model.
-
-
-@torch.inference_mode()
-def run_span_logits(self: Any, windows: list[Any], cfg: Any, stop_ids: list[int], cache: bool = True,
-                    refresh_every: int = 4, cancel: threading.Event | None = None) -> tuple[Any, float]:
-    """engine.runner.Runner.run, except that whole-window passes compute logits for the span rows only."""
-    from engine.runner import lay_out
-    from engine.sampler import denoise
-
-    tok = self.tok
-    lay = lay_out(windows, tok.mask_id, tok.pad_id, self.device)
-    s0, k = lay.span_start, lay.span_len
-    ids = lay.ids
-    lo = s0 - self.shift
-    state: dict[str, KVCache | None] = {"cache": None}
-
-    def predict(span: Tensor, step: int) -> Tensor:
-        ids[:, s0 : s0 + k] = span
-        if not cache or step % max(1, refresh_every) == 0 or state["cache"] is None:
-            hidden, kv = self.model(ids, positions=lay.positions, key_mask=lay.key_mask, fill_cache=cache,
-                                    hidden_only=True)  # [B, T, H]
-            state["cache"] = kv
-            return self.model.lm_head(hidden[:, lo : lo + k])  # [B, K, V]: the only rows the sampler reads
-        logits, _ = self.model(ids[:, lo : s0 + k], positions=lay.positions[:, lo : s0 + k],
-                               key_mask=lay.key_mask, cache=state["cache"], start=lo)  # [B, K+shift, V]
-        return logits[:, :k]
-
-    span = ids[:, s0 : s0 + k].clone()
-    stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=self.device)
-    with self.lock:
-        t0 = time.perf_counter()
-        result = denoise(predict, span, tok.mask_id, stop, tok.end_id, cfg, cancel)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        seconds = time.perf_counter() - t0
-    return result, seconds
+# Only torch and engine.model here: a bare GPU machine may lack the tokenizers library that engine.runner needs.
 
 
 class StaticDenoiser:

@@ -160,5 +160,5 @@ def describe_hardware(info: dict[str, Any]) -> str:
     load = f", load average {info['load_average'][0]}" if info.get("load_average") else ""
     if info.get("omp_wait_policy"):
         load += f", OMP_WAIT_POLICY={info['omp_wait_policy']}"
-    return (f"{info['cpu']} ({info['cores']} cores, torch threads {info['torch_threads']}){gpu}; "
+    return (f"{info['cpu']} ({info['cores']} cores){gpu}; "
             f"torch {info['torch']}, transformers {info.get('transformers') or 'absent'}{load}")
