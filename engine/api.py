@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,8 +79,12 @@ class Engine:
         bad = sorted(set(settings) - known)
         if bad:
             raise TypeError(f"unknown engine settings: {', '.join(bad)}")
-        config = EngineConfig(device=device, dtype=dtype, **settings)  # type: ignore[arg-type]
         model_path = resolve_model_path(path)
+        # A model directory may carry the decoding settings chosen for it (engine.json); the caller's win, except
+        # steps=0, which means "the default".
+        chosen = _model_defaults(model_path, known)
+        given = {k: v for k, v in settings.items() if not (k == "steps" and not v)}
+        config = EngineConfig(device=device, dtype=dtype, **{**chosen, **given})  # type: ignore[arg-type]
         dev = pick_device(config.device)
         dt = pick_dtype(config.dtype, dev)
         model, tok = load_model(model_path, device=str(dev), dtype=dt)
@@ -101,9 +106,9 @@ class Engine:
         c = self.config
         return SamplerConfig(
             steps=req.steps if req.steps is not None else c.steps,
-            order=c.order, threshold=c.threshold, block=int(c.extra.get("block", 0)),
+            order=c.order, threshold=c.threshold, block=c.block,
             temperature=req.temperature or c.temperature, seed=req.seed, end_penalty=c.end_penalty,
-            min_tokens=int(c.extra.get("min_tokens", 1)),
+            min_tokens=c.min_tokens,
         )
 
     def fill(self, prefix: str, suffix: str, max_tokens: int = 32, single_line: bool = False, *,
@@ -139,6 +144,20 @@ class Engine:
                               seconds=seconds, span_len=w.span_len,
                               cut={"prefix_chars": w.prefix_cut_chars, "suffix_chars": w.suffix_cut_chars}))
         return fills
+
+
+def _model_defaults(model_path: Path, known: set[str]) -> dict[str, object]:
+    """Decoding settings from <model>/engine.json, if the directory has one (unknown keys are an error)."""
+    path = model_path / "engine.json"
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or set(data) - known or {"device", "dtype"} & set(data):
+        raise CheckpointError(f"{path}: expected an object of decoding settings ({', '.join(sorted(known))})")
+    return data
 
 
 class _AllOf(threading.Event):

@@ -93,6 +93,8 @@ class EngineConfig:
     threshold: float = 0.0  # > 0: commit every masked position above this confidence (at least one per step)
     temperature: float = 0.0
     end_penalty: float = 0.0  # subtracted from the end token's logit
+    block: int = 0  # > 0: only the first `block` still-masked positions may be committed (semi-autoregressive)
+    min_tokens: int = 1  # a fill may not end before this many tokens
     cache: bool = True  # reuse the context's keys and values between refreshes
     refresh_every: int = 4  # recompute the whole window every N steps
     compile: bool = False

@@ -109,3 +109,21 @@ def test_single_line_fill_has_no_line_break(tiny_model_dir: Path) -> None:
 def test_unknown_setting_is_an_error(tiny_model_dir: Path) -> None:
     with pytest.raises(TypeError):
         Engine.from_pretrained(tiny_model_dir, stepz=4)
+
+
+def test_model_directory_carries_its_decoding_defaults(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from engine.errors import CheckpointError
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "engine.json").write_text(json.dumps({"steps": 6, "order": "left-to-right", "end_penalty": 1.5}))
+    eng = Engine.from_pretrained(model)
+    assert (eng.config.steps, eng.config.order, eng.config.end_penalty) == (6, "left-to-right", 1.5)
+    eng = Engine.from_pretrained(model, steps=0, order="margin")  # steps=0 means "default": the model's 6
+    assert (eng.config.steps, eng.config.order) == (6, "margin")
+    (model / "engine.json").write_text(json.dumps({"stepz": 6}))
+    with pytest.raises(CheckpointError, match="engine.json"):
+        Engine.from_pretrained(model)
