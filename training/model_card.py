@@ -26,7 +26,7 @@ def _eval_rows(summaries: list[dict]) -> list[str]:
 def render(model: Path, sources: list[dict], summaries: list[dict], notes: str) -> str:
     """The card's markdown."""
     cfg = ModelConfig.from_dict(json.loads((model / "config.json").read_text()))
-    state_path = model / "train_state.json"
+    state_path = model / "training.json"
     meta = json.loads(state_path.read_text()) if state_path.exists() else {}
     state = meta.get("state", {})
     train_cfg = meta.get("config", {})
