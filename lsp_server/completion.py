@@ -5,6 +5,7 @@ Shared by the language server and `codefill fill`, so the command line shows exa
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -52,6 +53,14 @@ class Completion:
                 "engine_calls": self.engine_calls, "seconds": round(self.seconds, 4)}
 
 
+@functools.lru_cache(maxsize=8)
+def _errors_in(language_id: str | None, text: str) -> int | None:
+    """Syntax errors of a document's text, remembered for the last few texts: requests while the text has not
+    changed (the manual trigger after an automatic one, several candidates) parse it once."""
+    spec = languages.spec_for(language_id)
+    return languages.count_syntax_errors(spec, text) if spec else None
+
+
 def plan_attempts(hole: Hole, candidates: int) -> list[tuple[int, float, int | None]]:
     """(token budget, temperature, seed) per engine call: greedy first, then other lengths, then samples."""
     attempts: list[tuple[int, float, int | None]] = [(hole.max_tokens, 0.0, None)]
@@ -76,7 +85,7 @@ def complete_at(engine: Filler, text: str, offset: int, language_id: str | None,
         hole = find_hole(text, offset, language_id, selection_end)
     else:
         hole = find_hole(text, offset, language_id, selection_end, max_tokens=max_tokens)
-    errors_before = languages.count_syntax_errors(spec, text) if spec else None
+    errors_before = _errors_in(language_id, text) if spec else None
     result = Completion(hole)
     started = time.perf_counter()
     for budget, temperature, seed in plan_attempts(hole, candidates):
