@@ -54,8 +54,11 @@ class SampleResult:
 
 
 def default_steps(span_len: int) -> int:
-    """A small fixed step count: about two tokens a step, between 4 and 32."""
-    return max(4, min(32, math.ceil(span_len / 2)))
+    """A small fixed step count: about four tokens a step, between 4 and 32.
+
+    On held-out lines the built-in model's fills were no worse with k/4 steps than with k/2, at half the time.
+    """
+    return max(4, min(32, math.ceil(span_len / 4)))
 
 
 def _scores(probs: Tensor, pred: Tensor, order: str) -> Tensor:
