@@ -83,10 +83,15 @@ def cmd_fill(args: argparse.Namespace) -> int:
     result = complete_at(engine, text, start, language, selection_end=end, max_tokens=args.max_tokens)
     if args.json:
         print(json.dumps(result.to_json(), indent=1))
-    else:
-        sys.stdout.write(result.insert_text if result else "")
-        if result and not result.insert_text.endswith("\n"):
+    elif result:
+        sys.stdout.write(result.insert_text)
+        if not result.insert_text.endswith("\n"):
             sys.stdout.write("\n")
+    else:  # nothing survived post-processing: say what the model proposed, on stderr
+        raw = ", ".join(repr(r) for r in result.raw) or "nothing"
+        print(f"codefill: no fill for this {result.hole.kind} hole (the model proposed {raw}; it repeated the "
+              "code after the hole or made the file parse worse)", file=sys.stderr)
+        return 1
     return 0
 
 

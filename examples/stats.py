@@ -1,4 +1,4 @@
-"""Small statistics helpers: a file to try codefill on."""
+"""Small statistics helpers: a file to try codefill on (the hole is at line 9, after `return`)."""
 
 
 def mean(values):
@@ -6,7 +6,7 @@ def mean(values):
     total = 0
     for v in values:
         total += v
-    return total / len(values)
+    return 
 
 
 def variance(values):
