@@ -18,8 +18,8 @@ def _eval_rows(summaries: list[dict]) -> list[str]:
     rows = []
     for summary in summaries:
         for name, s in summary.get("results", {}).items():
-            rows.append(f"| {name} | {s['n']} | {s['pass_at_1']:.1f} | {s['exact']:.1f} | "
-                        f"{s['empty']:.1f} | {s['median_latency_ms']} |")
+            rows.append(f"| {name} | {s['n']} | {s['pass_at_1']:.2f} | {s['exact']:.2f} | "
+                        f"{s['empty']:.2f} | {s['median_latency_ms']} |")
     return rows
 
 
