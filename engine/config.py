@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -99,4 +99,3 @@ class EngineConfig:
     refresh_every: int = 4  # recompute the whole window every N steps
     compile: bool = False
     threads: int = 0  # CPU threads for torch; 0: auto (see runner.pick_threads)
-    extra: dict[str, Any] = field(default_factory=dict)
