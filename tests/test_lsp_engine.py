@@ -4,7 +4,7 @@ The model is the built-in one when it is there (engine/models/codefill-small), e
 checkpoint from tests/conftest.py. A random model writes junk that post-processing rightly drops, so
 these tests assert what holds for any model: every request is answered, the engine was reached,
 and whatever is offered has the right range and leaves the file parsing no worse. With the built-in
-model they also require that most holes get a fill.
+model they also require that a real fill reaches the client.
 """
 
 from __future__ import annotations
