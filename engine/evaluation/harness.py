@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from engine.api import Engine
 
-    settings: dict[str, Any] = {"extra": {"threads": args.threads}} if args.threads else {}
+    settings: dict[str, Any] = {"threads": args.threads} if args.threads else {}
     engine = Engine.from_pretrained(args.model, device=args.device, dtype=args.dtype, **settings)
     engine.fill("def f(x):\n    return ", "\n", max_tokens=8)  # warm-up, not timed
     run = describe_run(engine, args, specs, bench)
