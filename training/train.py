@@ -26,6 +26,7 @@ import torch.nn.functional as F
 import torch.utils.data
 from safetensors.torch import load_file, save_file
 
+from engine.checkpoint import load_model, save_model
 from engine.config import ModelConfig
 from engine.model import DiffusionLM
 from engine.tokenizer import CodeTokenizer
@@ -168,33 +169,13 @@ def masked_loss(model: DiffusionLM, batch: Batch, device: torch.device, autocast
     return (ce * weights[sel]).sum() / ids.shape[0]
 
 
-def _save_model(model: DiffusionLM, tokenizer_path: Path, out: Path) -> None:
-    """Temporary writer of the model directory format (config.json, model.safetensors, tokenizer.json)."""
-    out.mkdir(parents=True, exist_ok=True)
-    model.cfg.save(out / "config.json")
-    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    if model.cfg.tie_embeddings:
-        sd.pop("lm_head.weight", None)
-    save_file(sd, str(out / "model.safetensors"), metadata={"format": "pt"})
-    shutil.copy(tokenizer_path, out / "tokenizer.json")
-
-
-def _load_model(run: Path, device: torch.device) -> DiffusionLM:
-    """Temporary reader of the model directory format."""
-    cfg = ModelConfig.from_dict(json.loads((run / "config.json").read_text()))
-    model = DiffusionLM(cfg)
-    sd = load_file(str(run / "model.safetensors"))
-    model.load_state_dict(sd, strict=not cfg.tie_embeddings)
-    return model.to(device)
-
-
 def save_state(run: Path, model: DiffusionLM, opt: torch.optim.Optimizer, state: TrainState, cfg: TrainConfig,
                tokenizer_path: Path) -> None:
     """Write the model and the optimizer state atomically (into a temporary directory, then renamed)."""
     tmp = run.with_name(run.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    _save_model(model, tokenizer_path, tmp)
+    save_model(model, tokenizer_path, tmp)
     names = {id(p): n for n, p in model.named_parameters()}
     tensors: dict[str, torch.Tensor] = {}
     for group in opt.param_groups:
@@ -260,7 +241,6 @@ def init_model_from(src: Path, tok: CodeTokenizer, device: torch.device) -> tupl
 
     The directory's tokenizer must be the training data's: the same ids for the same text.
     """
-    from engine.checkpoint import load_model
 
     model, src_tok = load_model(src, device="cpu", dtype=torch.float32)
     if (src_tok.tok.get_vocab() != tok.tok.get_vocab() or src_tok.mask_id != tok.mask_id
@@ -285,7 +265,6 @@ def export_model(model: DiffusionLM, tokenizer_path: Path, out: Path, state: Tra
     shard_mb > 0 splits the weights into shards of at most that many MiB; save_dtype ("bfloat16") casts them. No
     optimizer state: a later run continues from it with train(init_from=out).
     """
-    from engine.checkpoint import save_model
 
     out = Path(out)
     tmp = out.with_name(out.name + ".tmp")
@@ -340,7 +319,7 @@ def train(run: Path, data_dir: Path, cfg: TrainConfig, device_name: str = "auto"
     tokenizer_path = data_dir / "tokenizer.json"
     tok = CodeTokenizer.from_file(tokenizer_path)
     if (run / "train_state.json").exists():
-        model = _load_model(run, device)
+        model = load_model(run, device=str(device), dtype=torch.float32)[0].train()
         opt = make_optimizer(model, cfg)
         state = load_state(run, model, opt)
         print(f"resuming {run} at step {state.step}, {state.tokens_seen / 1e6:.1f}M tokens seen", file=sys.stderr)
