@@ -274,7 +274,7 @@ def test_a_cancelled_remote_fill_sends_cancel(tmp_path) -> None:
     """RemoteEngine.fill returns at once when its event is set, and the engine stops the fill."""
     from engine.errors import FillCancelled
     from engine.serve import EngineHost, EngineServer
-    from lsp_server.engine_client import RemoteEngine
+    from lsp_server.remote_engine import RemoteEngine
 
     host = EngineHost(factory=FAKE_ENGINE)
     host.load()
