@@ -95,15 +95,19 @@ def denoise(
     positions = torch.arange(k, device=span.device)  # [K]
     is_stop_id = torch.zeros(int(max(stop_ids.max().item(), mask_id)) + 1, dtype=torch.bool, device=span.device)
     is_stop_id[stop_ids] = True
+    early = (positions < cfg.min_tokens).nonzero().flatten().unsqueeze(1)  # [E, 1]: may not hold a stop
+
+    def first_stop(span: Tensor) -> Tensor:
+        """Index of each fill's first committed stop token, or K: [B]."""
+        stops = (span != mask_id) & _lookup(is_stop_id, span)
+        return torch.where(stops, positions, k).min(dim=1).values
+
     passes = 0
     for step in range(steps):
         if cancel is not None and cancel.is_set():
             raise FillCancelled("fill cancelled")
-        masked = span == mask_id  # [B, K]
         # A fill ends at its first committed stop: positions after it no longer matter.
-        stops = (~masked) & _lookup(is_stop_id, span)
-        first_stop = torch.where(stops, positions, k).min(dim=1).values  # [B]
-        live = masked & (positions < first_stop.unsqueeze(1))  # [B, K]
+        live = (span == mask_id) & (positions < first_stop(span).unsqueeze(1))  # [B, K]
         if not live.any():
             break
         logits = predict(span, step).float()  # [B, K, V]
@@ -112,9 +116,8 @@ def denoise(
         stop_cols = stop_ids[stop_ids < logits.shape[-1]]
         if cfg.end_penalty:
             logits[..., stop_cols] -= cfg.end_penalty
-        if cfg.min_tokens:
-            early = positions < cfg.min_tokens  # [K]
-            logits[:, early.nonzero().flatten().unsqueeze(1), stop_cols.unsqueeze(0)] = -math.inf
+        if early.numel():
+            logits[:, early, stop_cols.unsqueeze(0)] = -math.inf
         probs = logits.softmax(-1)  # [B, K, V]
         if cfg.temperature > 0:
             flat = (logits / cfg.temperature).softmax(-1).view(b * k, -1)
@@ -139,11 +142,10 @@ def denoise(
         if step == steps - 1:
             commit = live
         span = torch.where(commit, pred, span)
+    lengths = first_stop(span).tolist()
     # Whatever is still masked after the last step (only possible past a stop) is padding.
-    stops = _lookup(is_stop_id, span) & (span != mask_id)
-    first_stop = torch.where(stops, positions, k).min(dim=1).values
     span = torch.where(span == mask_id, torch.full_like(span, end_id), span)
-    return SampleResult(span=span, lengths=first_stop.tolist(), forward_passes=passes)
+    return SampleResult(span=span, lengths=lengths, forward_passes=passes)
 
 
 def _lookup(table: Tensor, ids: Tensor) -> Tensor:
