@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# One lent-GPU session in one device call: train the built-in GPU model first (training/device_train.sh), then
+# measure GPU figures with the time left (benchmarks/device.sh), and pack what comes back into at most 4 files.
+#
+#   run(command="bash training/device_session.sh", carry=["gpu_data"], timeout_s=595)
+#
+# Why one call: a machine's start costs one to two minutes of the session's 15, and no machine starts with under 4
+# minutes left, so a second call rarely fits. Training comes first (every lent device adds to the same model); the
+# benchmark gets what remains of TOTAL_S. Tunables (environment): TOTAL_S (575: keep under the call's timeout_s),
+# TRAIN_MINUTES (5.75), and whatever device_train.sh and device.sh take (BATCH, LR, WORKERS, NO_COMPILE, ...).
+#
+# What comes back ($OUT): model-0000N-of-0000M.safetensors (the trained weights, bf16, each under 16 MiB) and
+# meta.tar (config.json, model.safetensors.index.json, tokenizer.json, training.json, run.json, train.log,
+# device.json, device.log). Here, afterwards:
+#   mkdir -p engine/models/codefill-gpu && tar -xf FILES_AT/meta.tar -C /tmp/session \
+#     && cp FILES_AT/*.safetensors /tmp/session/model/{config,model.safetensors.index,tokenizer,training}.json \
+#        engine/models/codefill-gpu/
+# (see the AFTER notes in training/device_train.sh for the evaluation that decides the default model).
+set -u
+cd "$(dirname "$0")/.."
+start=$SECONDS
+TOTAL_S="${TOTAL_S:-575}"
+if [ -z "${OUT:-}" ]; then OUT="$(mktemp -d /tmp/codefill-session.XXXXXX)"; fi
+mkdir -p "$OUT"
+work="$(mktemp -d /tmp/codefill-session-work.XXXXXX)"
+
+pack() {  # everything small into one tar, the weight shards beside it
+  local files=()
+  cd "$work"
+  for f in model/config.json model/model.safetensors.index.json model/tokenizer.json model/training.json \
+           run.json train.log bench/device.json bench/device.log; do
+    if [ -f "$f" ]; then files+=("$f"); fi
+  done
+  if [ "${#files[@]}" -gt 0 ]; then tar -cf "$OUT/meta.tar.tmp" "${files[@]}" && mv "$OUT/meta.tar.tmp" "$OUT/meta.tar"; fi
+  for shard in model/*.safetensors; do
+    if [ -f "$shard" ]; then cp "$shard" "$OUT/"; fi
+  done
+  cd - >/dev/null
+}
+
+echo "== training for ${TRAIN_MINUTES:-5.75} minutes"
+train_limit=$(( TOTAL_S * 3 / 4 ))
+OUT="$work" MINUTES="${TRAIN_MINUTES:-5.75}" HARD_S="${HARD_S:-$train_limit}" \
+  bash training/device_train.sh 2>&1 | tee "$work/train.log"
+train_rc=${PIPESTATUS[0]}
+pack
+echo "== training exit status $train_rc after $(( SECONDS - start )) s"
+
+left=$(( TOTAL_S - (SECONDS - start) - 15 ))
+if [ "$left" -ge 60 ]; then
+  echo "== benchmark with $left s left"
+  OUT="$work/bench" TIMEOUT_S="$left" BUDGET_S="$(( left * 2 / 3 ))" bash benchmarks/device.sh ${BENCH_ARGS:-} >/dev/null 2>&1
+  echo "== benchmark exit status $? after $(( SECONDS - start )) s"
+  pack
+  if [ -f "$work/bench/device.log" ]; then tail -n 40 "$work/bench/device.log"; fi
+else
+  echo "== no time left for the benchmark ($left s)"
+fi
+ls -la "$OUT"
+exit "$train_rc"
