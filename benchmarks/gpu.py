@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("bench-device"), help="folder for device.json")
     p.add_argument("--models", default="open-dcoder-0.5b,built-in",
                    help="comma-separated: built-in (the shipped model, else random weights of its shape), "
-                        "open-dcoder-0.5b, codefill-small, tiny")
+                        "open-dcoder-0.5b, codefill-base, tiny")
     p.add_argument("--batches", default="1,8")
     p.add_argument("--k", type=int, default=64, help="tokens per fill")
     p.add_argument("--window", type=int, default=256)
@@ -147,7 +147,7 @@ def build_model(name: str, device: torch.device, dtype: torch.dtype, smoke: bool
             return model.eval(), tok, "built-in"
         except Exception as exc:
             weights = f"random weights of the built-in shape (the built-in model did not load: {exc})"
-            name = "codefill-small"
+            name = "codefill-base"
     else:
         weights = f"random weights ({name} shape)"
     if name not in SHAPES:

@@ -21,10 +21,10 @@ RUN_CHECKPOINT = REPO / "runs" / "cpu-small"  # the CPU training run's model dir
 PROJECT_TOKENIZER = REPO / "data" / "tokenizer.json"
 MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 
-# Shapes with random weights. "codefill-small" is training's "cpu" preset (the built-in model's shape);
+# Shapes with random weights. "codefill-base" is training's "gpu" preset (the built-in model's shape);
 # "open-dcoder-0.5b" is Qwen2-0.5B's shape, as Open-dCoder-0.5B uses it; "tiny" is for smoke runs and tests.
 SHAPES: dict[str, dict[str, Any]] = {
-    "codefill-small": dict(hidden_size=256, num_layers=6, num_heads=4, num_kv_heads=4, intermediate_size=688),
+    "codefill-base": dict(hidden_size=384, num_layers=10, num_heads=6, num_kv_heads=3, intermediate_size=1024),
     "open-dcoder-0.5b": dict(vocab_size=151936, hidden_size=896, num_layers=24, num_heads=14, num_kv_heads=2,
                              intermediate_size=4864, qkv_bias=True, tie_embeddings=True, rope_theta=1000000.0,
                              norm_eps=1e-6),
@@ -144,7 +144,7 @@ def prepare_model(spec: str | None, smoke: bool = False) -> ModelSource:
     if smoke and spec is None:
         spec = "random:tiny"
     if spec and spec.startswith("random"):
-        shape = spec.partition(":")[2] or "codefill-small"
+        shape = spec.partition(":")[2] or "codefill-base"
         tmp = tempfile.TemporaryDirectory(prefix="codefill-bench-")
         path = random_model_dir(shape, Path(tmp.name) / shape, smoke=smoke or shape == "tiny")
         return ModelSource(path, f"random ({shape})", shape, [tmp])
@@ -166,4 +166,4 @@ def prepare_model(spec: str | None, smoke: bool = False) -> ModelSource:
         path = copy_model_dir(RUN_CHECKPOINT, Path(tmp.name) / "checkpoint")
         return ModelSource(path, f"checkpoint {RUN_CHECKPOINT} (copied; the built-in model is not there yet)",
                            None, [tmp])
-    return prepare_model("random:codefill-small", smoke)
+    return prepare_model("random:codefill-base", smoke)

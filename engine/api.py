@@ -18,7 +18,7 @@ from engine.tokenizer import CodeTokenizer
 from engine.window import build_window
 
 MODELS_DIR = Path(__file__).parent / "models"
-BUILTIN_MODEL = "codefill-small"
+BUILTIN_MODEL = "codefill-base"
 
 
 @dataclass

@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.set_defaults(func=cmd_fill)
 
     t = sub.add_parser("train", help="train or resume a model")
-    t.add_argument("--run", default="runs/codefill-small", help="run directory (resumed when it exists)")
+    t.add_argument("--run", default="runs/codefill", help="run directory (resumed when it exists)")
     t.add_argument("--data", default="data", help="corpus, tokenizer and token arrays (built when missing)")
     t.add_argument("--source", action="append", default=[], help="extra source directory (repeatable)")
     t.add_argument("--wheels", default=None, help="directory of permissively licensed wheels to add")

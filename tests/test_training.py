@@ -221,3 +221,52 @@ def test_cli_train_exports_a_loadable_sharded_model(tiny_data: Path, tmp_path: P
     summary2 = run_summary(out2)
     assert summary2["steps"] == 2 and summary2["total_steps"] == 5 and summary2["sessions"] == 2
     assert summary2["init_from"] == str(out)
+
+
+def _fake_site(root: Path, name: str, license_line: str, files: dict[str, str]) -> None:
+    """An installed distribution as pip leaves it: the files, and a dist-info with METADATA and RECORD."""
+    info = root / f"{name}-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n{license_line}\n")
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    (info / "RECORD").write_text("".join(f"{rel},,\n" for rel in files) + f"{info.name}/METADATA,,\n")
+
+
+def test_extend_adds_permissive_installed_packages_to_the_carried_data(tiny_data: Path, tmp_path: Path) -> None:
+    from training.device_data import extend, load_split
+
+    site = tmp_path / "site"
+    code = "def scale(values, factor):\n    return [v * factor for v in values]\n"
+    _fake_site(site, "permissive_pkg", "License: MIT", {
+        "permissive_pkg/__init__.py": code,
+        "permissive_pkg/core.py": "class Box:\n    def __init__(self, item):\n        self.item = item\n",
+        "permissive_pkg/tests/test_core.py": "def test_box():\n    assert True\n",  # tests stay out
+    })
+    _fake_site(site, "copyleft_pkg", "License: GPL-3.0", {"copyleft_pkg/__init__.py": "x = compute(1, 2)\n"})
+    _fake_site(site, "already_carried", "License: MIT", {"already_carried/a.py": "y = transform(3, 4)\n"})
+    (tiny_data / "sources.json").write_text(json.dumps([{"name": "Already-Carried", "license": "MIT", "files": "1"}]))
+    out = tmp_path / "out"
+    report = extend(tiny_data, out, workers=1, path=[str(site)])
+    assert report["added_files"] == 2 and report["added_sources"] == 1
+    carried, merged = load_split(tiny_data, "train"), load_split(out, "train")
+    assert len(merged.tokens) == len(carried.tokens) + report["added_tokens"]
+    assert np.array_equal(merged.tokens[: len(carried.tokens)], carried.tokens)
+    assert len(merged.doc_starts) == len(carried.doc_starts) + 2 and merged.doc_starts[-1] == len(merged.tokens)
+    assert len(merged.spans) > len(carried.spans) and merged.spans.max() <= len(merged.tokens)
+    tok = CodeTokenizer.from_file(out / "tokenizer.json")
+    added = tok.decode(merged.tokens[len(carried.tokens):].tolist())
+    assert "def scale" in added and "class Box" in added and "compute" not in added and "transform" not in added
+    assert [s["name"] for s in json.loads((out / "sources.json").read_text())] == ["Already-Carried", "permissive_pkg"]
+    assert load_split(out, "valid").tokens.tolist() == load_split(tiny_data, "valid").tokens.tolist()
+
+
+def test_parallel_tokenizing_matches_the_serial_one(tiny_data: Path) -> None:
+    from training.dataset import tokenize_parallel, tokenize_split
+
+    texts = [f"def f{i}(x):\n    return x + {i}\n" for i in range(9)] + SNIPPETS
+    serial = tokenize_split(texts, CodeTokenizer.from_file(tiny_data / "tokenizer.json"))
+    parallel = tokenize_parallel(texts, tiny_data / "tokenizer.json", workers=2, chunk=4)
+    for field in ("tokens", "doc_starts", "spans"):
+        assert np.array_equal(getattr(parallel, field), getattr(serial, field)), field

@@ -17,11 +17,13 @@ from pathlib import Path
 
 import pytest
 
+from engine.api import BUILTIN_MODEL, MODELS_DIR
+
 REPO = Path(__file__).resolve().parents[1]
 EXT = REPO / "editors" / "vscode"
 VSIX = EXT / "codefill.vsix"
 FAKE_ENGINE = f"{REPO / 'tests' / 'lsp_fixtures' / 'fake_engine.py'}:make_engine"
-BUILTIN_MODEL = REPO / "engine" / "models" / "codefill-small" / "config.json"
+BUILTIN_CONFIG = MODELS_DIR / BUILTIN_MODEL / "config.json"
 
 
 def _node() -> str:
@@ -74,7 +76,7 @@ def test_extension_against_real_server() -> None:
     assert result["fillSelection"]["result"] == {"applied": True, "text": "a * b + 0"}
 
 
-@pytest.mark.skipif(not BUILTIN_MODEL.is_file(), reason="the built-in model is not there yet (engine/models)")
+@pytest.mark.skipif(not BUILTIN_CONFIG.is_file(), reason="the built-in model is not there yet (engine/models)")
 @pytest.mark.skipif(os.environ.get("CODEFILL_SLOW") != "1", reason="loads the real model; set CODEFILL_SLOW=1")
 def test_extension_against_real_model() -> None:
     """The same with the built-in model: mechanics only (the fill's text is whatever the model writes)."""

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import json
 import re
 import sys
 import sysconfig
+import time
 import zipfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from email.parser import HeaderParser
 from pathlib import Path
@@ -50,17 +53,32 @@ class Corpus:
         return c
 
 
-def wheel_license(zf: zipfile.ZipFile) -> tuple[str, str]:
-    """(project name, license text) from a wheel's METADATA."""
-    meta = next((n for n in zf.namelist() if n.endswith(".dist-info/METADATA")), None)
-    if meta is None:
-        return "", ""
-    msg = HeaderParser().parsestr(zf.read(meta).decode("utf-8", "replace"))
+def metadata_license(metadata_text: str) -> tuple[str, str]:
+    """(project name, license) from the text of a distribution's METADATA file."""
+    msg = HeaderParser().parsestr(metadata_text)
     lic = msg.get("License-Expression") or msg.get("License") or ""
     classifiers = [c for c in msg.get_all("Classifier") or [] if c.startswith("License ::")]
     if len(lic) > 80 or not lic.strip():
         lic = "; ".join(c.split("::")[-1].strip() for c in classifiers) or lic[:80]
     return msg.get("Name", ""), lic.strip()
+
+
+def wheel_license(zf: zipfile.ZipFile) -> tuple[str, str]:
+    """(project name, license text) from a wheel's METADATA."""
+    meta = next((n for n in zf.namelist() if n.endswith(".dist-info/METADATA")), None)
+    if meta is None:
+        return "", ""
+    return metadata_license(zf.read(meta).decode("utf-8", "replace"))
+
+
+def permissive(lic: str) -> bool:
+    """Whether a license string names a permissive license (and no copyleft one)."""
+    return bool(PERMISSIVE.search(lic)) and not NOT_PERMISSIVE.search(lic)
+
+
+def normalized_name(name: str) -> str:
+    """A project name as package indexes compare them (PEP 503)."""
+    return re.sub(r"[-_.]+", "-", name).lower()
 
 
 def keep_path(rel: str, suffixes: tuple[str, ...]) -> bool:
@@ -85,8 +103,12 @@ def good_text(text: str) -> bool:
     return alnum / max(len(text), 1) > 0.25
 
 
-def gather(roots: list[Path], suffixes: tuple[str, ...] = (".py",)) -> Corpus:
-    """Collect files from directories and .whl files, de-duplicate by normalized content, split 1% by file."""
+def gather(roots: list[Path], suffixes: tuple[str, ...] = (".py",),
+           distributions: Iterable[importlib.metadata.Distribution] = (), valid_share: bool = True,
+           deadline: float | None = None) -> Corpus:
+    """Collect files from directories, .whl files and installed distributions; de-duplicate by normalized
+    content; split 1% by file into valid (every file goes to train with valid_share=False). Past deadline (a
+    time.monotonic() value) no further distribution is read: what was gathered stays."""
     seen: set[str] = set()
     corpus = Corpus()
 
@@ -97,8 +119,25 @@ def gather(roots: list[Path], suffixes: tuple[str, ...] = (".py",)) -> Corpus:
             return False
         seen.add(digest)
         # The split is decided by the file's own hash: stable across runs and machines.
-        (corpus.valid if int(digest[:4], 16) % 100 == 0 else corpus.train).append(text)
+        held_out = valid_share and int(digest[:4], 16) % 100 == 0
+        (corpus.valid if held_out else corpus.train).append(text)
         return True
+
+    for dist in distributions:
+        if deadline is not None and time.monotonic() > deadline:
+            print("gather: time is up, the remaining distributions are left out", file=sys.stderr)
+            break
+        name, lic = metadata_license(dist.read_text("METADATA") or "")
+        if not name or not permissive(lic):
+            print(f"skip {name or dist}: license {lic!r} is not known to be permissive", file=sys.stderr)
+            continue
+        n = 0
+        for rel in dist.files or []:
+            path = Path(str(dist.locate_file(rel)))
+            if keep_path(str(rel), suffixes) and path.is_file() and path.stat().st_size <= MAX_FILE_BYTES:
+                n += add(path.read_text("utf-8", errors="replace"))
+        if n:
+            corpus.sources.append({"name": name, "license": lic, "files": str(n)})
 
     for root in roots:
         if any(m in str(root) for m in BENCHMARK_MARKERS):
@@ -106,7 +145,7 @@ def gather(roots: list[Path], suffixes: tuple[str, ...] = (".py",)) -> Corpus:
         if root.suffix == ".whl":
             with zipfile.ZipFile(root) as zf:
                 name, lic = wheel_license(zf)
-                if NOT_PERMISSIVE.search(lic) or not PERMISSIVE.search(lic):
+                if not permissive(lic):
                     print(f"skip {root.name}: license {lic!r} is not known to be permissive", file=sys.stderr)
                     continue
                 n = 0
@@ -131,3 +170,17 @@ def default_roots(wheel_dir: Path | None) -> list[Path]:
     if wheel_dir and wheel_dir.is_dir():
         roots += sorted(wheel_dir.glob("*.whl"))
     return roots
+
+
+def installed_distributions(exclude: Iterable[str] = (),
+                            path: list[str] | None = None) -> list[importlib.metadata.Distribution]:
+    """The distributions installed for this interpreter (or on path), one per project, minus the excluded
+    project names."""
+    skip = {normalized_name(n) for n in exclude}
+    out: dict[str, importlib.metadata.Distribution] = {}
+    found = importlib.metadata.distributions() if path is None else importlib.metadata.distributions(path=path)
+    for dist in found:
+        name = normalized_name(dist.metadata.get("Name") or "")
+        if name and name not in skip and name not in out:
+            out[name] = dist
+    return [out[n] for n in sorted(out)]

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,7 +54,8 @@ def _python_parser():  # type: ignore[no-untyped-def]
 
 
 def syntax_spans(text: str, offsets: list[tuple[int, int]], parser, cursor) -> list[tuple[int, int]]:  # type: ignore[no-untyped-def]
-    """Token ranges [i, j) covering syntax nodes of at most MAX_SPAN_TOKENS tokens."""
+    """Token ranges [i, j) covering syntax nodes of at most MAX_SPAN_TOKENS tokens: sorted, each once (nested
+    nodes often cover the same tokens, and tree-sitter's capture order is not stable from run to run)."""
     data = text.encode("utf-8")
     tree = parser.parse(data)
     if text.isascii():
@@ -71,7 +75,7 @@ def syntax_spans(text: str, offsets: list[tuple[int, int]], parser, cursor) -> l
         j = int(np.searchsorted(starts, b, side="left"))  # first token starting at or after the node ends
         if 0 < j - i <= MAX_SPAN_TOKENS:
             out.append((i, j))
-    return out
+    return sorted(set(out))
 
 
 def tokenize_split(texts: list[str], tok: CodeTokenizer) -> TokenArrays:
@@ -96,3 +100,33 @@ def tokenize_split(texts: list[str], tok: CodeTokenizer) -> TokenArrays:
         doc_starts=np.asarray(doc_starts, dtype=np.int64),
         spans=np.asarray(spans, dtype=np.int64).reshape(-1, 2),
     )
+
+
+def merge(parts: list[TokenArrays]) -> TokenArrays:
+    """One TokenArrays holding the documents of every part, in order, spans rebased."""
+    tokens, starts, spans = [], [np.zeros(1, dtype=np.int64)], []
+    base = 0
+    for part in parts:
+        tokens.append(part.tokens)
+        starts.append(np.asarray(part.doc_starts[1:], dtype=np.int64) + base)
+        spans.append(np.asarray(part.spans, dtype=np.int64).reshape(-1, 2) + base)
+        base += int(part.doc_starts[-1])
+    dtype = np.result_type(*(t.dtype for t in tokens)) if tokens else np.uint16
+    return TokenArrays(tokens=np.concatenate(tokens).astype(dtype) if tokens else np.zeros(0, dtype),
+                       doc_starts=np.concatenate(starts), spans=np.concatenate(spans))
+
+
+def _tokenize_chunk(args: tuple[list[str], str]) -> TokenArrays:
+    texts, tokenizer_path = args
+    return tokenize_split(texts, CodeTokenizer.from_file(Path(tokenizer_path)))
+
+
+def tokenize_parallel(texts: list[str], tokenizer_path: Path, workers: int = 0, chunk: int = 500) -> TokenArrays:
+    """tokenize_split over worker processes (0: one per CPU), documents kept in order."""
+    workers = workers or os.cpu_count() or 1
+    chunks = [(texts[i : i + chunk], str(tokenizer_path)) for i in range(0, len(texts), chunk)]
+    if workers == 1 or len(chunks) <= 1:
+        return merge([_tokenize_chunk(c) for c in chunks])
+    # spawn: a forked child would inherit the parent's tokenizer thread pool state (and torch's)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return merge(list(pool.map(_tokenize_chunk, chunks)))

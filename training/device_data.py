@@ -12,7 +12,18 @@ gpu_data/ holds tokenizer.json, {train,valid}.pack.npz and pack.json. A .pack.np
   - doc_starts: as they are (one int64 per document),
   - spans: sorted by start (stable; ExampleSampler sorts them the same way, so it draws the same examples), as
     LZMA-compressed start deltas (uint32) and lengths (uint8 or uint16): about one byte per span,
-plus a SHA-1 of the tokens that load_packed checks. train() reads .pack.npz files directly (training.train.load_split).
+plus a SHA-1 of the tokens that load_packed checks. train() reads .pack.npz files directly (load_split).
+
+On the device machine, `extend` adds the Python source of the packages installed there (the image holds torch,
+jax, transformers, scipy and many more) to the carried training split, so a session trains on more than travels:
+
+    python -m training.device_data extend --data gpu_data --out /tmp/codefill-data   # then train on --data there
+
+It keeps permissively licensed distributions that the carried corpus does not already hold (by project name, from
+gpu_data/sources.json), tokenizes them with the carried tokenizer, and writes train.npz (carried + new),
+valid.pack.npz (as carried: validation figures stay comparable), tokenizer.json and sources.json (every source
+with its license, for the model card). tree-sitter-python finds the syntax spans: carry its wheels
+(gpu_data/wheels, see training/device_train.sh).
 
 `--max-train-tokens N` keeps a seeded random subset of whole training documents of about N tokens, for when the
 data outgrows its share of the 64 MiB; `summary` turns an exported model's training.json into the small run
@@ -29,11 +40,12 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 
-from training.dataset import TokenArrays
+from training.dataset import TokenArrays, merge, tokenize_parallel
 
 FORMAT = 1
 TRAVEL_LIMIT = 64 * 2**20  # the device tool's limit on the working tree it sends, carried paths included
@@ -137,6 +149,8 @@ def pack(data: Path, out: Path, preset: int = 6, max_train_tokens: int = 0) -> d
     """data/{tokenizer.json,train.npz,valid.npz} -> out/{tokenizer.json,train.pack.npz,valid.pack.npz,pack.json}."""
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(data / "tokenizer.json", out / "tokenizer.json")
+    if (data / "corpus" / "sources.json").exists():  # what extend leaves out, and the model card's table
+        shutil.copyfile(data / "corpus" / "sources.json", out / "sources.json")
     report: dict = {"format": FORMAT, "source": str(data), "lzma_preset": preset, "splits": {}}
     for split in ("valid", "train"):
         arrays = TokenArrays.load(data / f"{split}.npz")
@@ -150,13 +164,51 @@ def pack(data: Path, out: Path, preset: int = 6, max_train_tokens: int = 0) -> d
         print(f"{split}: {len(arrays.tokens):,} tokens of {full:,}, {len(arrays.spans):,} spans -> "
               f"{size / 2**20:.2f} MiB", file=sys.stderr)
     report["total_bytes"] = sum(p.stat().st_size for p in out.iterdir() if p.is_file()) + 400  # + pack.json
-    model_tok = Path(__file__).resolve().parent.parent / "engine" / "models" / "codefill-gpu" / "tokenizer.json"
+    model_tok = Path(__file__).resolve().parent.parent / "engine" / "models" / "codefill-base" / "tokenizer.json"
     if model_tok.exists() and not _same_vocab(model_tok, out / "tokenizer.json"):
         print(f"WARNING: {data / 'tokenizer.json'} is not the tokenizer of {model_tok.parent}: a device run could "
               "not continue that model from this data (train() refuses). Tokenize the corpus with that model's "
               "tokenizer.json first.", file=sys.stderr)
     (out / "pack.json").write_text(json.dumps(report, indent=1) + "\n")
     print(f"{out}: {report['total_bytes'] / 2**20:.2f} MiB in all", file=sys.stderr)
+    return report
+
+
+def load_split(data_dir: Path, split: str) -> TokenArrays:
+    """data_dir/{split}.npz, or the compact {split}.pack.npz that pack writes."""
+    plain = data_dir / f"{split}.npz"
+    return TokenArrays.load(plain) if plain.exists() else load_packed(data_dir / f"{split}.pack.npz")
+
+
+def extend(data: Path, out: Path, workers: int = 0, path: list[str] | None = None, gather_s: float = 45) -> dict:
+    """data (as carried) + the installed distributions' Python files (on sys.path, or on path) -> out, ready for
+    `codefill train --data`. Reading files stops after gather_s seconds (what was read is kept)."""
+    from training.corpus import gather, installed_distributions
+
+    t0 = time.time()
+    sources = json.loads((data / "sources.json").read_text()) if (data / "sources.json").exists() else []
+    dists = installed_distributions([s["name"] for s in sources], path)
+    # Largest projects first: when time runs out, the many small ones are what is left out.
+    dists.sort(key=lambda d: -len(d.files or []))
+    corpus = gather([], distributions=dists, valid_share=False, deadline=time.monotonic() + gather_s)
+    t1 = time.time()
+    extra = tokenize_parallel(corpus.train, data / "tokenizer.json", workers)
+    t2 = time.time()
+    base = load_split(data, "train")
+    out.mkdir(parents=True, exist_ok=True)
+    merge([base, extra]).save(out / "train.tmp.npz")
+    os.replace(out / "train.tmp.npz", out / "train.npz")
+    for name in ("tokenizer.json", "valid.pack.npz", "valid.npz"):
+        if (data / name).exists():
+            shutil.copyfile(data / name, out / name)
+    (out / "sources.json").write_text(json.dumps(sources + corpus.sources, indent=1) + "\n")
+    report = {"carried_tokens": int(len(base.tokens)), "added_tokens": int(len(extra.tokens)),
+              "added_files": len(corpus.train), "added_sources": len(corpus.sources),
+              "gather_s": round(t1 - t0, 1), "tokenize_s": round(t2 - t1, 1), "total_s": round(time.time() - t0, 1)}
+    (out / "extend.json").write_text(json.dumps(report, indent=1) + "\n")
+    print(f"extend: {report['added_tokens']:,} tokens from {report['added_files']:,} files of "
+          f"{report['added_sources']} installed projects added to {report['carried_tokens']:,} carried tokens "
+          f"in {report['total_s']} s", file=sys.stderr)
     return report
 
 
@@ -205,7 +257,7 @@ def run_summary(model_dir: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m training.device_data pack|size|summary`."""
+    """`python -m training.device_data pack|extend|size|summary`."""
     p = argparse.ArgumentParser(prog="python -m training.device_data", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     a = sub.add_parser("pack", help="write the compact copy of the token arrays")
@@ -213,6 +265,11 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--out", default="gpu_data")
     a.add_argument("--preset", type=int, default=6, help="LZMA preset (6: ~25%% of the raw tokens; 1: faster)")
     a.add_argument("--max-train-tokens", type=int, default=0, help="keep a random subset of whole documents")
+    e = sub.add_parser("extend", help="on the device: add the installed packages' Python files to the data")
+    e.add_argument("--data", default="gpu_data")
+    e.add_argument("--out", default="/tmp/codefill-data")
+    e.add_argument("--workers", type=int, default=0, help="tokenizing processes (0: one per CPU)")
+    e.add_argument("--gather-s", type=float, default=45, help="stop reading files after this many seconds")
     s = sub.add_parser("size", help="what a device run would send, against the 64 MiB limit")
     s.add_argument("--carry", action="append", default=[])
     m = sub.add_parser("summary", help="the run report of an exported model directory, as JSON")
@@ -221,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.cmd == "pack":
         pack(Path(args.data), Path(args.out), args.preset, args.max_train_tokens)
+    elif args.cmd == "extend":
+        extend(Path(args.data), Path(args.out), args.workers, gather_s=args.gather_s)
     elif args.cmd == "size":
         total, items = travel_size(Path.cwd(), args.carry)
         for name, n in items:

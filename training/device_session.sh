@@ -10,12 +10,20 @@
 # TRAIN_MINUTES (5.75), and whatever device_train.sh and device.sh take (BATCH, LR, WORKERS, NO_COMPILE, ...).
 #
 # What comes back ($OUT): model-0000N-of-0000M.safetensors (the trained weights, bf16, each under 16 MiB) and
-# meta.tar (config.json, model.safetensors.index.json, tokenizer.json, training.json, run.json, train.log,
-# device.json, device.log). Here, afterwards:
-#   mkdir -p engine/models/codefill-gpu && tar -xf FILES_AT/meta.tar -C /tmp/session \
+# meta.tar (model/: config.json, model.safetensors.index.json, tokenizer.json, training.json; run.json, train.log;
+# data/: sources.json (every training source with its license) and extend.json, when the run added the device's
+# installed packages to the data; bench/: device.json, device.log). Here, afterwards:
+#   mkdir -p engine/models/codefill-base && tar -xf FILES_AT/meta.tar -C /tmp/session \
 #     && cp FILES_AT/*.safetensors /tmp/session/model/{config,model.safetensors.index,tokenizer,training}.json \
-#        engine/models/codefill-gpu/
+#        engine/models/codefill-base/
 # (see the AFTER notes in training/device_train.sh for the evaluation that decides the default model).
+#
+# A machine stays warm for ~30 s after a call, /tmp included: if device time is left, a second call made at once
+# can continue the model just trained without a new start or transfer, e.g.
+#   run(command="INIT=/tmp/codefill-session-work.XXXXXX/model EXTEND=0 TRAIN_MINUTES=3.2 HARD_S=262 TOTAL_S=285 \
+#       bash training/device_session.sh", timeout_s=300)
+# (the directory is named in the first call's output; the extended data is at /tmp/codefill-data there:
+# DATA=/tmp/codefill-data reuses it).
 set -u
 cd "$(dirname "$0")/.."
 start=$SECONDS
@@ -28,7 +36,7 @@ pack() {  # everything small into one tar, the weight shards beside it
   local files=()
   cd "$work"
   for f in model/config.json model/model.safetensors.index.json model/tokenizer.json model/training.json \
-           run.json train.log bench/device.json bench/device.log; do
+           run.json train.log data/sources.json data/extend.json bench/device.json bench/device.log; do
     if [ -f "$f" ]; then files+=("$f"); fi
   done
   if [ "${#files[@]}" -gt 0 ]; then tar -cf "$OUT/meta.tar.tmp" "${files[@]}" && mv "$OUT/meta.tar.tmp" "$OUT/meta.tar"; fi

@@ -1,41 +1,48 @@
 #!/usr/bin/env bash
 # Train the built-in GPU model (preset "gpu", 19.4M parameters) on a lent GPU machine, adding to the same model
-# every session: it starts from engine/models/codefill-gpu when that directory exists (a previous session's
+# every session: it starts from engine/models/codefill-base when that directory exists (a previous session's
 # result, committed), else from scratch, and brings the result back in $OUT.
 #
 # BEFORE (here, on the CPU machine; the tokenized data must exist: `codefill train` builds data/ when missing):
 #   python -m training.device_data pack --data data --out gpu_data   # once: 19 MiB, git-ignored, ~70 s of CPU
+#   mkdir -p gpu_data/wheels && python -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+#     --platform manylinux2014_x86_64 -d gpu_data/wheels tree-sitter==0.26.1 tree-sitter-python==0.25.0
 #   python -m training.device_data size --carry gpu_data             # must print "in all" <= 64 MiB
-#   bash training/device_train.sh --smoke                            # ~1 min on the CPU: the same path, tiny model
-# The model travels in the working tree (engine/models/codefill-gpu, 37 MiB in bf16) beside gpu_data (~20 MiB):
+#   bash training/device_train.sh --smoke                            # ~15 s on the CPU: the same path, tiny model
+# The model travels in the working tree (engine/models/codefill-base, 37 MiB in bf16) beside gpu_data (~20 MiB):
 # keep other large files out of the tree (untracked files that git does not ignore travel too).
 #
-# THE DEVICE CALL (one call, ~8 minutes of the 15-minute budget; leaves time for one rerun if the start fails):
+# THE DEVICE CALL: training/device_session.sh runs this script and then the GPU benchmark in one call, and packs
+# what comes back into 4 files (the tool returns 8 at most); see its header. This script alone:
 #   run(command="bash training/device_train.sh", carry=["gpu_data"], timeout_s=560)
-# then give_back() at once. Tunables as environment variables in the command, e.g.
-# "MINUTES=7.5 BATCH=128 LR=1e-3 WORKERS=12 bash training/device_train.sh" (the defaults), and NO_COMPILE=1 to
-# train eagerly (torch.compile already falls back to eager by itself if compiling raises). The progress (a line
-# every 20 s, valid losses every 2,000 steps) is in the reply's output_tail.
+# Tunables as environment variables: MINUTES=7.5 BATCH=128 LR=1e-3 WORKERS=12 (the defaults), NO_COMPILE=1 to
+# train eagerly (torch.compile already falls back to eager by itself if compiling raises), EXTEND=0 to train on
+# the carried data alone, INIT=DIR to continue another model directory. The progress (a line every 20 s, valid
+# losses every 2,000 steps) is in the reply's output_tail.
 #
-# WHAT COMES BACK (files_at; 8 files, the most the tool returns, each under 16 MiB; 38 MiB in all):
-#   model/config.json, model/model.safetensors.index.json, model/model-0000{1,2,3}-of-00003.safetensors (bf16),
-#   model/tokenizer.json, model/training.json (counters and valid losses of every session so far), run.json
-#   (this session: steps, tokens, tokens/s, first/last/valid loss, GPU name, whether torch.compile ran).
+# EXTEND (default on): before training, `python -m training.device_data extend` adds the Python files of the
+# permissively licensed packages installed on the device machine (torch, jax, transformers, scipy, ...; not those
+# the carried corpus already has) to the training split, within ~45 s of reading and one tokenizing process per
+# CPU; the minutes it takes come off MINUTES. tree-sitter (for syntax-node holes) comes from gpu_data/wheels.
+#
+# WHAT COMES BACK in $OUT: model/ (config.json, model.safetensors.index.json, model-0000N-of-0000M.safetensors in
+# bf16 under 16 MiB each, tokenizer.json, training.json: counters and valid losses of every session so far),
+# run.json (this session: steps, tokens, tokens/s, first/last/valid loss, GPU name, whether torch.compile ran) and
+# data/ (sources.json: every training source with its license, for the model card; extend.json).
 # AFTER (here):
-#   rm -rf engine/models/codefill-gpu && mkdir -p engine/models/codefill-gpu
-#   cp FILES_AT/model/* engine/models/codefill-gpu/ && cat FILES_AT/run.json
-#   python -c "from engine.checkpoint import load_model; load_model('engine/models/codefill-gpu')"
-#   git add engine/models/codefill-gpu && git commit -m "codefill-gpu: device session N (valid loss X)"
-#   codefill eval --model engine/models/codefill-gpu --sample 200 --summary-json runs/eval-gpu.json
-#   codefill eval --model engine/models/codefill-small --sample 200 --summary-json runs/eval-small.json
-#   (compare pass@1, exact match and the share of empty fills, see shared/docs/CALIBRATION.md); if the GPU model is
-#   better, make it the default: BUILTIN_MODEL = "codefill-gpu" in engine/api.py.
+#   rm -rf engine/models/codefill-base && mkdir -p engine/models/codefill-base
+#   cp FILES_AT/model/* engine/models/codefill-base/ && cat FILES_AT/run.json
+#   python -c "from engine.checkpoint import load_model; load_model('engine/models/codefill-base')"
+#   git add engine/models/codefill-base && git commit -m "codefill-base: device session N (valid loss X)"
+#   codefill eval --model engine/models/codefill-base --tasks single-line --summary-json runs/eval-gpu.json
+#   python -m training.model_card --model engine/models/codefill-base --sources FILES_AT/data/sources.json \
+#     --eval runs/eval-gpu.json
 # A later device session runs the same call and continues from the committed directory (fresh optimizer, new
 # warmup; its optimizer state is too large to bring back). first_loss in run.json (before any update) should be
 # near the previous session's last_loss (one batch each: within noise); ~9 (ln 8192) means the weights were lost.
-# Travel budget: tracked tree + gpu_data (19 MiB) + engine/models/codefill-gpu (37.5 MiB) must stay <= 64 MiB, so
-# another built-in model in the tree (codefill-small: 13 MiB in bf16, 26 MiB in fp32) does not fit beside them;
-# `size` above says; if over, take it out of the tree or repack with --max-train-tokens (less data).
+# Travel budget: tracked tree + gpu_data (~20 MiB) + engine/models/codefill-base (37.5 MiB) must stay <= 64 MiB;
+# `size` above says; if over, repack with --max-train-tokens (less carried data; extend makes up for it).
 #
 # --smoke (or SMOKE=1): the same path on the CPU with the "tiny" preset for a few steps, twice (from scratch, then
 # --init-from the first result, as the next session would), into $OUT or a temporary directory.
@@ -64,7 +71,7 @@ if [ -z "$PY" ]; then echo "no python with torch, numpy, tokenizers and safetens
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export TORCHINDUCTOR_CACHE_DIR="${TORCHINDUCTOR_CACHE_DIR:-/tmp/codefill-inductor}"
 DATA="${DATA:-gpu_data}"
-INIT="${INIT:-engine/models/codefill-gpu}"
+INIT="${INIT:-engine/models/codefill-base}"
 RUN_DIR="${RUN_DIR:-/tmp/codefill-device-run}"
 for f in tokenizer.json train.pack.npz valid.pack.npz; do
   if [ ! -f "$DATA/$f" ] && [ ! -f "$DATA/${f%.pack.npz}.npz" ]; then
@@ -76,7 +83,29 @@ echo "== $(date -u +%FT%TZ) codefill device training (smoke=$SMOKE) out=$OUT"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
 "$PY" -c 'import sys, torch; print("python", sys.version.split()[0], "torch", torch.__version__, "cuda",
 torch.version.cuda, torch.cuda.is_available())'
-rm -rf "$RUN_DIR" "$OUT/model" "$OUT/model.tmp" "$OUT/model.old" "$OUT/run.json"
+rm -rf "$RUN_DIR" "$OUT/model" "$OUT/model.tmp" "$OUT/model.old" "$OUT/run.json" "$OUT/data"
+
+# More data than travels: the Python files of the packages installed on the device machine, added to the carried
+# training split (training/device_data.py extend; EXTEND=0 skips it). tree-sitter comes as carried wheels.
+MINUTES="${MINUTES:-7.5}"
+if [ "$SMOKE" != 1 ] && [ "${EXTEND:-1}" = 1 ]; then
+  ext_start=$SECONDS
+  if ls "$DATA"/wheels/*.whl >/dev/null 2>&1 && ! "$PY" -c "import tree_sitter, tree_sitter_python" 2>/dev/null; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/codefill-site \
+      "$DATA"/wheels/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/codefill-site"
+  fi
+  EXT_DATA="${EXT_DATA:-/tmp/codefill-data}"
+  rm -rf "$EXT_DATA"
+  timeout -k 10 "${EXTEND_S:-180}" "$PY" -u -m training.device_data extend --data "$DATA" --out "$EXT_DATA" 2>&1 \
+    | grep -v "^skip "
+  if [ -f "$EXT_DATA/extend.json" ]; then  # written last
+    DATA="$EXT_DATA"
+    mkdir -p "$OUT/data" && cp "$EXT_DATA/sources.json" "$EXT_DATA/extend.json" "$OUT/data/"
+  fi
+  if [ "$DATA" != "$EXT_DATA" ]; then echo "== extend failed: training on the carried data alone"; fi
+  MINUTES="$("$PY" -c "print(round(max(1.0, $MINUTES - ($SECONDS - $ext_start) / 60), 2))")"
+  echo "== extend took $((SECONDS - ext_start)) s; training for $MINUTES minutes"
+fi
 
 train() {  # train ARGS...: one `codefill train` into $OUT/model, under a hard time limit
   timeout -k 15 "${HARD_S:-530}" "$PY" -u -m engine.cli train --run "$RUN_DIR" --data "$DATA" \
@@ -106,7 +135,7 @@ else
   else
     echo "== no $INIT: training from scratch"
   fi
-  train --preset gpu --minutes "${MINUTES:-7.5}" --batch-size "${BATCH:-128}" --lr "${LR:-1e-3}" \
+  train --preset gpu --minutes "$MINUTES" --batch-size "${BATCH:-128}" --lr "${LR:-1e-3}" \
     --warmup-steps "${WARMUP:-300}" --workers "${WORKERS:-12}" ${compile[@]+"${compile[@]}"} \
     --log-seconds 20 --eval-every "${EVAL_EVERY:-2000}" --checkpoint-minutes 3 --shard-mb 15 \
     --save-dtype bfloat16 ${init[@]+"${init[@]}"}

@@ -1,6 +1,6 @@
 """Write MODEL_CARD.md for a trained model directory from its own records, so every figure in it is measured.
 
-    python -m training.model_card --model engine/models/codefill-small --sources data/corpus/sources.json \
+    python -m training.model_card --model engine/models/codefill-base --sources data/corpus/sources.json \
         --eval eval-summary.json [--eval more.json]
 """
 

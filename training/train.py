@@ -31,6 +31,7 @@ from engine.config import ModelConfig
 from engine.model import DiffusionLM
 from engine.tokenizer import CodeTokenizer
 from training.dataset import TokenArrays
+from training.device_data import load_split
 from training.objective import Batch, ExampleSampler, ObjectiveConfig
 
 PRESETS: dict[str, ModelConfig] = {
@@ -98,16 +99,6 @@ class FastSampler(ExampleSampler):
         w = self.cfg.window
         start = a if b - a <= w else int(self.rng.integers(a, b - w + 1))
         return self.data.tokens[start : min(b, start + w)].astype(np.int64), start
-
-
-def load_split(data_dir: Path, split: str) -> TokenArrays:
-    """data_dir/{split}.npz, or the compact {split}.pack.npz that training/device_data.py writes."""
-    plain = data_dir / f"{split}.npz"
-    if plain.exists():
-        return TokenArrays.load(plain)
-    from training.device_data import load_packed
-
-    return load_packed(data_dir / f"{split}.pack.npz")
 
 
 def data_ready(data_dir: Path) -> bool:
