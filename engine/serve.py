@@ -1,29 +1,14 @@
 """`codefill serve`: the engine as a resident process that several editor windows share, over a local socket.
 
-The protocol is JSON lines. A request is one object per line, {"id", "method", "params"}; the answer is
-{"id", "result"} or {"id", "error": {"code", "message"}}. Methods:
-
-  fill      params mirror engine.api.FillRequest (prefix, suffix, max_tokens, single_line, steps, temperature,
-            seed) plus "key" (the document uri): the newest fill per key wins, across every connection.
-  cancel    params {"id": <the fill's id>}: stop that fill (it is answered with the "cancelled" error).
-  health    the model, device, uptime, clients and requests served; "state" is loading, ready or error.
-  shutdown  answer, then exit.
-  auth      params {"token"}: the first message on a TCP connection, which is refused without it.
-
-A line that is not JSON, or not a request, gets an error answer (id null where none could be read); the
-connection lives on. Only a line longer than MAX_LINE_BYTES closes it. This module imports no torch until the
-model loads, so the socket is listening before the import starts.
+The protocol and the addresses are in engine/wire.py, the engine itself in engine/hosting.py. This module imports no
+torch until the model loads, so the socket is listening before the import starts.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import hmac
-import importlib
-import importlib.util
-import ipaddress
 import json
 import logging
 import os
@@ -34,325 +19,44 @@ import socket
 import stat
 import struct
 import sys
-import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from engine.hosting import EngineHost, is_out_of_memory
+from engine.wire import (
+    AUTO_IDLE_EXIT_MINUTES,
+    BUSY,
+    CANCELLED,
+    ENGINE_ERROR,
+    FILL_PARAMS,
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    LOAD_ERROR_GRACE_S,
+    LOAD_FAILED,
+    MAX_INFLIGHT,
+    MAX_LINE_BYTES,
+    METHOD_NOT_FOUND,
+    NOT_READY,
+    OUT_OF_MEMORY,
+    PARSE_ERROR,
+    PROTOCOL_VERSION,
+    UNAUTHORIZED,
+    Address,
+    ServeError,
+    connect,
+    default_socket_path,
+    default_token_path,
+    encode_line,
+    is_loopback,
+    parse_address,
+    request_once,
+    write_private,
+)
+
 log = logging.getLogger("codefill.serve")
-
-PROTOCOL_VERSION = 1
-MAX_LINE_BYTES = 32 * 1024 * 1024  # one request line (a fill carries its context); longer closes the connection
-MAX_INFLIGHT = 64  # fills one connection may have waiting at once
-AUTO_IDLE_EXIT_MINUTES = 10.0  # an engine that an editor started goes away this long after its last client
-LOAD_ERROR_GRACE_S = 3.0  # a model that failed to load is reported this long to clients that come, then we exit
-
-# Error codes: JSON-RPC's for malformed requests, small positive numbers for what the engine says.
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
-METHOD_NOT_FOUND = -32601
-INVALID_PARAMS = -32602
-INTERNAL_ERROR = -32603
-CANCELLED = 1  # superseded by a newer fill for the same key, or cancelled
-NOT_READY = 2  # the model is still loading
-LOAD_FAILED = 3  # the model could not be loaded; it will not be
-OUT_OF_MEMORY = 4  # out of memory even after the fallbacks
-ENGINE_ERROR = 5  # the engine refused the request (EngineError)
-UNAUTHORIZED = 6  # no token, or the wrong one
-BUSY = 7  # too many fills waiting on this connection
-
-FILL_PARAMS = {"prefix", "suffix", "max_tokens", "single_line", "steps", "temperature", "seed", "key"}
-
-
-class ServeError(Exception):
-    """A problem starting the engine server: printed as one line."""
-
-
-# -- addresses -----------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Address:
-    """Where an engine listens: a Unix socket path, or a TCP host and port."""
-
-    kind: str  # "unix" or "tcp"
-    path: str = ""
-    host: str = ""
-    port: int = 0
-
-    def __str__(self) -> str:
-        return f"unix:{self.path}" if self.kind == "unix" else f"tcp:{self.host}:{self.port}"
-
-
-def parse_address(spec: str) -> Address:
-    """unix:/path or tcp:HOST:PORT (a bare /path is a Unix socket); raises ValueError."""
-    if spec.startswith("unix:") or spec.startswith("/"):
-        path = spec[5:] if spec.startswith("unix:") else spec
-        if not path:
-            raise ValueError(f"{spec!r}: expected unix:/path/to/socket")
-        return Address("unix", path=path)
-    if spec.startswith("tcp:"):
-        host, sep, port = spec[4:].rpartition(":")
-        if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
-            raise ValueError(f"{spec!r}: expected tcp:HOST:PORT")
-        return Address("tcp", host=host.strip("[]") or "127.0.0.1", port=int(port))
-    raise ValueError(f"{spec!r}: expected unix:/path/to/socket or tcp:HOST:PORT")
-
-
-def is_loopback(host: str) -> bool:
-    """Whether a host name or address is this machine only."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def runtime_dir() -> Path:
-    """A private directory for sockets, tokens and logs: $XDG_RUNTIME_DIR/codefill or /tmp/codefill-$UID (0700)."""
-    xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg and os.path.isdir(xdg):
-        base = Path(xdg) / "codefill"
-    else:
-        base = Path(tempfile.gettempdir()) / f"codefill-{os.getuid()}"
-    try:
-        base.mkdir(mode=0o700)
-    except FileExistsError:
-        pass
-    st = base.lstat()
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
-        raise ServeError(f"{base}: not a directory of ours; refusing to use it for the engine socket")
-    if stat.S_IMODE(st.st_mode) & 0o077:
-        os.chmod(base, 0o700)
-    return base
-
-
-def engine_key(model: str | None = None, device: str = "auto", steps: int = 0, factory: str | None = None) -> str:
-    """'' for the default engine (built-in model, auto device), else a short digest of what it serves."""
-    if model is None and device == "auto" and not steps and factory is None:
-        return ""
-    if model and Path(model).expanduser().is_dir():
-        model = str(Path(model).expanduser().resolve())
-    what = [model, device, steps, factory]
-    return hashlib.sha1(json.dumps(what).encode()).hexdigest()[:10]
-
-
-def default_socket_path(model: str | None = None, device: str = "auto", steps: int = 0,
-                        factory: str | None = None) -> Path:
-    """The socket an engine with these settings listens on by default: engine.sock for the default engine."""
-    key = engine_key(model, device, steps, factory)
-    return runtime_dir() / (f"engine-{key}.sock" if key else "engine.sock")
-
-
-def default_token_path(port: int) -> Path:
-    """Where a TCP engine on this port writes its token by default."""
-    return runtime_dir() / f"engine-tcp-{port}.token"
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write a file only its owner can read (0600), replacing what was there."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
-def connect(address: Address, timeout: float = 5.0) -> socket.socket:
-    """A connected socket to an engine; raises OSError."""
-    if address.kind == "unix":
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(timeout)
-            sock.connect(address.path)
-        except BaseException:
-            sock.close()
-            raise
-    else:
-        sock = socket.create_connection((address.host, address.port), timeout=timeout)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.settimeout(None)
-    return sock
-
-
-def request_once(address: Address, method: str, params: Any = None, token: str | None = None,
-                 timeout: float = 10.0) -> Any:
-    """One request on a fresh connection (for scripts and tests); raises RuntimeError on an error answer."""
-    with connect(address, timeout) as sock:
-        sock.settimeout(timeout)
-        stream = sock.makefile("rwb")
-        if token is not None:
-            stream.write(_line({"id": "auth", "method": "auth", "params": {"token": token}}))
-        stream.write(_line({"id": 1, "method": method, "params": params or {}}))
-        stream.flush()
-        while True:
-            raw = stream.readline()
-            if not raw:
-                raise ConnectionError(f"{address}: closed the connection")
-            msg = json.loads(raw)
-            if "error" in msg:
-                raise RuntimeError(f"{msg['error'].get('code')}: {msg['error'].get('message')}")
-            if msg.get("id") == 1:
-                return msg.get("result")
-
-
-def _line(obj: Any) -> bytes:
-    # ensure_ascii: lone surrogates (which JSON allows and editors send) survive the round trip.
-    return json.dumps(obj, separators=(",", ":")).encode("ascii") + b"\n"
-
-
-# -- engines -------------------------------------------------------------------------------------------------------
-
-
-def load_factory(spec: str) -> Callable[..., Any]:
-    """A callable from "package.module:name" or "path/to/file.py:name" (an engine factory)."""
-    target, _, name = spec.rpartition(":")
-    if not target or not name:
-        raise ValueError(f"engine factory {spec!r} should look like module:name or file.py:name")
-    if target.endswith(".py"):
-        path = Path(target)
-        module_spec = importlib.util.spec_from_file_location(f"_codefill_engine_{path.stem}", path)
-        if module_spec is None or module_spec.loader is None:
-            raise ValueError(f"cannot import {target}")
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[module_spec.name] = module  # dataclasses and pickling look modules up here
-        module_spec.loader.exec_module(module)
-    else:
-        module = importlib.import_module(target)
-    return getattr(module, name)
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    """Whether an exception is the device running out of memory (torch.cuda.OutOfMemoryError and its messages)."""
-    if type(exc).__name__ == "OutOfMemoryError":
-        return True
-    return isinstance(exc, (RuntimeError, MemoryError)) and "out of memory" in str(exc).lower()
-
-
-def free_device_memory() -> None:
-    """Give cached GPU memory back after an out-of-memory error (nothing when torch is not loaded)."""
-    torch = sys.modules.get("torch")
-    try:
-        if torch is not None and torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    except Exception:
-        pass
-
-
-def engine_device(engine: Any, requested: str) -> str:
-    """The device an engine runs on: the real one for engine.api.Engine, the requested one otherwise."""
-    device = getattr(getattr(engine, "runner", None), "device", None)
-    return str(device) if device is not None else requested
-
-
-def build_engine(model: str | None, device: str, steps: int, factory: str | None = None) -> Any:
-    """engine.api.Engine.from_pretrained, or a factory's engine (tests, other engines)."""
-    if factory:
-        return load_factory(factory)(path=model, device=device, steps=steps)
-    from engine.api import Engine  # imports torch
-
-    return Engine.from_pretrained(path=model, device=device, steps=steps)
-
-
-class _SingleFills:
-    """fill_batch for an engine that only has fill (a factory's engine), one request after another."""
-
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
-
-    def fill_batch(self, requests: list[Any]) -> list[Any]:
-        return [self.engine.fill(r.prefix, r.suffix, r.max_tokens, single_line=r.single_line, steps=r.steps,
-                                 temperature=r.temperature, seed=r.seed, cancel=r.cancel) for r in requests]
-
-
-class EngineHost:
-    """The model behind a Scheduler: loaded in the background, with counts for health and out-of-memory fallbacks."""
-
-    def __init__(self, model: str | None = None, device: str = "auto", steps: int = 0, factory: str | None = None,
-                 max_batch: int = 8) -> None:
-        self.model = model
-        self.device = device
-        self.steps = steps
-        self.factory = factory
-        self.max_batch = max_batch
-        self.state = "loading"
-        self.error: str | None = None
-        self.model_path: str | None = model
-        self.started = time.monotonic()
-        self.requests_served = 0
-        self.fills_completed = 0
-        self.fallbacks: list[str] = []
-        self.loaded = threading.Event()
-        self._scheduler: Any = None
-        self._lock = threading.Lock()
-
-    def load(self) -> None:
-        """Load the model (blocking); failures are kept in state/error, never raised."""
-        started = time.monotonic()
-        try:
-            self._scheduler = self._make_scheduler(self.device)
-        except BaseException as exc:  # CheckpointError, ImportError, MemoryError: reported to every client
-            self.error = f"{type(exc).__name__}: {exc}"
-            self.state = "error"
-            log.error("the model could not be loaded: %s", self.error)
-        else:
-            self.state = "ready"
-            log.info("model %s ready on %s in %.1f s", self.model_path or "(built-in)", self.device,
-                     time.monotonic() - started)
-        finally:
-            self.loaded.set()
-
-    def _make_scheduler(self, device: str) -> Any:
-        engine = build_engine(self.model, device, self.steps, self.factory)
-        from engine.scheduler import Scheduler  # imports torch (after a model that cannot load has said so)
-
-        self.device = engine_device(engine, device)
-        path = getattr(engine, "path", None)
-        if path is not None:
-            self.model_path = str(path)
-        return Scheduler(engine if hasattr(engine, "fill_batch") else _SingleFills(engine), self.max_batch)
-
-    def health(self) -> dict[str, Any]:
-        """What `health` answers (the server adds its clients)."""
-        return {"state": self.state, "error": self.error, "model": self.model_path, "device": self.device,
-                "steps": self.steps, "uptime_s": round(time.monotonic() - self.started, 3),
-                "requests_served": self.requests_served, "fills_completed": self.fills_completed,
-                "fallbacks": list(self.fallbacks), "queued": self._scheduler.pending() if self._scheduler else 0}
-
-    def count(self, name: str) -> None:
-        """Add one to a counter that health reports (from any thread)."""
-        with self._lock:
-            setattr(self, name, getattr(self, name) + 1)
-
-    def _after_out_of_memory(self, scheduler: Any, exc: BaseException) -> bool:
-        """One fill per batch first; then, on a GPU, the model moves to the CPU. False: nothing left to try."""
-        free_device_memory()
-        with self._lock:
-            if scheduler is not self._scheduler:
-                return True  # another request fell back meanwhile: retry on what it made
-            if scheduler.max_batch > 1:
-                scheduler.max_batch = 1
-                self.fallbacks.append("batch 1")
-                log.warning("out of memory (%s); one fill per batch from now on", exc)
-                return True
-            if self.device.startswith("cpu"):
-                return False
-            log.warning("out of memory on %s (%s); moving the model to the CPU", self.device, exc)
-            self._scheduler = self._make_scheduler("cpu")
-            self.fallbacks.append("cpu")
-        threading.Thread(target=scheduler.close, daemon=True).start()
-        return True
-
-    def close(self) -> None:
-        """Stop the scheduler."""
-        if self._scheduler is not None:
-            self._scheduler.close()
 
 
 class FillJob:
@@ -377,7 +81,7 @@ class FillJob:
 
     def start(self) -> None:
         """Submit to the scheduler (newest per key wins)."""
-        scheduler = self.host._scheduler
+        scheduler = self.host.scheduler
         attempt = dataclasses.replace(self.request, cancel=None)
         try:
             future = scheduler.submit(attempt, self.key)  # sets attempt.cancel to the job's own event
@@ -422,7 +126,7 @@ class FillJob:
 
     def _after_out_of_memory(self, exc: BaseException) -> None:
         try:
-            again = self.host._after_out_of_memory(self._scheduler, exc)
+            again = self.host.after_out_of_memory(self._scheduler, exc)
         except Exception as fallback_failed:  # the CPU load itself failed
             self._answer(None, fallback_failed)
             return
@@ -468,7 +172,7 @@ class Connection:
 
     def send(self, msg: dict[str, Any]) -> None:
         if not self.closed:
-            self.outbox.put(_line(msg))
+            self.outbox.put(encode_line(msg))
 
     def reply(self, msg_id: Any, result: Any = None, error: tuple[int, str] | None = None) -> None:
         if error is not None:

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from engine.serve import is_loopback
+from engine.wire import is_loopback
 from lsp_server.engine_client import EngineSpec, parse_engine_mode
 from lsp_server.options import DEVICES, Settings
 

@@ -11,7 +11,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
-from engine import serve as wire  # the engine server's protocol; a plain module, no torch
+from engine import hosting, wire  # building an engine, and the engine server's protocol: no torch at import
 from engine.errors import EngineError
 
 log = logging.getLogger("codefill.engine_client")
@@ -118,7 +118,7 @@ class Keyed:
         return self.engine.fill(*args, key=self.key, **kwargs)
 
 
-_load_factory = wire.load_factory  # the old name
+_load_factory = hosting.load_factory  # the old name
 
 
 class _Notices:
@@ -169,7 +169,7 @@ class InProcessEngine:
         with self._lock:
             if self._engine is not None:
                 return
-            self._engine = wire.build_engine(self.model_path, self.device, self.steps, self.factory)
+            self._engine = hosting.build_engine(self.model_path, self.device, self.steps, self.factory)
             log.info("engine loaded: %s", self.model_path or "built-in model")
 
     def close(self) -> None:
@@ -196,7 +196,7 @@ class InProcessEngine:
         try:
             out = engine.fill(prefix, suffix, max_tokens, **call)
         except Exception as exc:
-            if not wire.is_out_of_memory(exc):
+            if not hosting.is_out_of_memory(exc):
                 raise
             out = self._fill_after_out_of_memory(exc, prefix, suffix, max_tokens, call)
         return FillResult(text=out.text, forward_passes=getattr(out, "forward_passes", 0),
@@ -205,36 +205,36 @@ class InProcessEngine:
     def _fill_after_out_of_memory(self, exc: Exception, prefix: str, suffix: str, max_tokens: int,
                                   call: dict[str, Any]) -> Any:
         """Out of memory: retry with half the budget; then move the model to the CPU; then give up."""
-        wire.free_device_memory()
+        hosting.free_device_memory()
         budget = max_tokens // 2
         if budget >= 4:
             try:
                 out = self._engine.fill(prefix, suffix, budget, **call)
             except Exception as again:
-                if not wire.is_out_of_memory(again):
+                if not hosting.is_out_of_memory(again):
                     raise
                 exc = again
             else:
                 self.notices("smaller", 30, f"out of memory ({_short(exc)}); fills use a smaller budget when "
                              "memory runs short")
                 return out
-        device = wire.engine_device(self._engine, self.device)
+        device = hosting.engine_device(self._engine, self.device)
         if device.startswith("cpu"):
             self.notices("oom-cpu", 40, f"out of memory on the CPU ({_short(exc)}): no fill until memory frees up")
             raise EngineOutOfMemory(f"out of memory on {device}: {_short(exc)}") from exc
         with self._lock:
-            if wire.engine_device(self._engine, self.device) == device:  # not moved meanwhile
+            if hosting.engine_device(self._engine, self.device) == device:  # not moved meanwhile
                 log.warning("out of memory on %s (%s): loading the model on the CPU", device, _short(exc))
                 self._engine = None
-                wire.free_device_memory()
-                self._engine = wire.build_engine(self.model_path, "cpu", self.steps, self.factory)
+                hosting.free_device_memory()
+                self._engine = hosting.build_engine(self.model_path, "cpu", self.steps, self.factory)
                 self.device = "cpu"
         self.notices("cpu", 30, f"the GPU ran out of memory ({_short(exc)}); the model now runs on the CPU, "
                      "slower. Restart the language server to use the GPU again.")
         try:
             return self._engine.fill(prefix, suffix, max_tokens, **call)
         except Exception as last:
-            if wire.is_out_of_memory(last):
+            if hosting.is_out_of_memory(last):
                 raise EngineOutOfMemory(f"out of memory on the CPU too: {_short(last)}") from last
             raise
 

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from engine import serve as wire  # the engine server's protocol; a plain module, no torch
+from engine import wire  # the engine server's protocol and addresses; no torch
 from engine.errors import EngineError, FillCancelled
 from lsp_server.engine_client import (
     MAX_CONTEXT_CHARS,
@@ -89,7 +89,7 @@ class _Connection:
         return _result(msg)
 
     def send(self, msg: dict[str, Any]) -> None:
-        data = wire._line(msg)
+        data = wire.encode_line(msg)
         with self._send_lock:
             self.sock.sendall(data)
 

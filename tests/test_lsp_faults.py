@@ -23,8 +23,8 @@ import pytest
 from lsp_fixtures.harness import FAKE_ENGINE, REPO, inline, open_doc, server_env, start_server, stop_server
 from lsprotocol import types
 
-from engine import serve
-from engine.serve import Address
+from engine import wire
+from engine.wire import Address
 
 FAKE = ["--engine-factory", FAKE_ENGINE, "--debounce-ms", "0"]
 LONG = os.environ.get("CODEFILL_LONG_TESTS") == "1"  # the hung-engine test (two engine starts, ~15 s) runs only then
@@ -60,7 +60,7 @@ def runtime():
     yield path
     for sock in (path / "codefill").glob("*.sock"):
         try:
-            serve.request_once(Address("unix", path=str(sock)), "shutdown", timeout=5)
+            wire.request_once(Address("unix", path=str(sock)), "shutdown", timeout=5)
         except Exception:
             pass
     shutil.rmtree(path, ignore_errors=True)
@@ -91,7 +91,7 @@ async def test_engine_killed_mid_request_is_answered_and_the_engine_comes_back(r
                                 env={"XDG_RUNTIME_DIR": str(runtime), "CODEFILL_FAKE_LOG": str(calls)})
     try:
         address = engine_socket(runtime)
-        pid = serve.request_once(address, "health")["pid"]
+        pid = wire.request_once(address, "health")["pid"]
         uri = "file:///killed.py"
         open_doc(client, uri, '# codefill-fake-sleep: 60\n# codefill-fake: "1"\nx = \n')
         request = asyncio.ensure_future(inline(client, uri, 2, 4))
@@ -112,7 +112,7 @@ async def test_engine_killed_mid_request_is_answered_and_the_engine_comes_back(r
             return result is not None and result.items[0].insert_text == "2"
 
         await eventually(filled, 120, "fills after the restart", every=0.3)
-        assert serve.request_once(address, "health")["pid"] != pid
+        assert wire.request_once(address, "health")["pid"] != pid
         warnings = logged(client, types.MessageType.Warning)
         assert any("went away" in m for m in warnings), warnings
         assert any("the engine is back" in m for m in logged(client, types.MessageType.Info))
@@ -125,7 +125,7 @@ async def test_engine_killed_mid_request_is_answered_and_the_engine_comes_back(r
 async def test_a_hung_engine_is_killed_and_restarted(runtime) -> None:
     client = await start_server(FAKE + ["--engine", "auto", "--engine-timeout", "2"],
                                 env={"XDG_RUNTIME_DIR": str(runtime)})
-    pid = serve.request_once(engine_socket(runtime), "health")["pid"]
+    pid = wire.request_once(engine_socket(runtime), "health")["pid"]
     try:
         os.kill(pid, signal.SIGSTOP)  # alive but deaf: what a wedged driver or a swapping machine looks like
         uri = "file:///hung.py"
@@ -139,7 +139,7 @@ async def test_a_hung_engine_is_killed_and_restarted(runtime) -> None:
             return result is not None and result.items[0].insert_text == "3"
 
         await eventually(filled, 120, "fills after the restart", every=0.3)
-        assert serve.request_once(engine_socket(runtime), "health")["pid"] != pid
+        assert wire.request_once(engine_socket(runtime), "health")["pid"] != pid
         assert any("does not answer" in m for m in logged(client, types.MessageType.Error))
     finally:
         try:
@@ -273,7 +273,8 @@ def test_out_of_memory_retries_with_a_smaller_budget() -> None:
 def test_a_cancelled_remote_fill_sends_cancel(tmp_path) -> None:
     """RemoteEngine.fill returns at once when its event is set, and the engine stops the fill."""
     from engine.errors import FillCancelled
-    from engine.serve import EngineHost, EngineServer
+    from engine.hosting import EngineHost
+    from engine.serve import EngineServer
     from lsp_server.remote_engine import RemoteEngine
 
     host = EngineHost(factory=FAKE_ENGINE)

@@ -20,8 +20,8 @@ from pathlib import Path
 from lsp_fixtures.harness import change_doc, inline, open_doc, rng, start_server, stop_server
 from lsprotocol import types
 
-from engine import serve
-from engine.serve import Address
+from engine import wire
+from engine.wire import Address
 
 LONG = os.environ.get("CODEFILL_LONG_TESTS") == "1"
 KEYS_PER_SECOND = 20
@@ -109,15 +109,15 @@ async def test_typing_at_20_keys_a_second_through_a_shared_engine(tiny_model_dir
                                  "--debounce-ms", "0"], env={"XDG_RUNTIME_DIR": str(runtime)})
     try:
         (sock,) = (runtime / "codefill").glob("*.sock")
-        engine_pid = serve.request_once(Address("unix", path=str(sock)), "health")["pid"]
+        engine_pid = wire.request_once(Address("unix", path=str(sock)), "health")["pid"]
         await type_at(client, 60 if LONG else 4, [client._server.pid, engine_pid])
-        health = serve.request_once(Address("unix", path=str(sock)), "health")
+        health = wire.request_once(Address("unix", path=str(sock)), "health")
         assert health["pid"] == engine_pid and health["requests_served"] > 0  # the typing reached the engine
     finally:
         await stop_server(client)
         for sock in (runtime / "codefill").glob("*.sock"):
             try:
-                serve.request_once(Address("unix", path=str(sock)), "shutdown", timeout=5)
+                wire.request_once(Address("unix", path=str(sock)), "shutdown", timeout=5)
             except Exception:
                 pass
         shutil.rmtree(runtime, ignore_errors=True)

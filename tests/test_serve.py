@@ -20,8 +20,10 @@ from typing import Any
 import pytest
 from lsp_fixtures.harness import FAKE_ENGINE, REPO, server_env
 
-from engine import serve
-from engine.serve import Address, EngineHost, EngineServer, ServeError
+from engine import wire
+from engine.hosting import EngineHost
+from engine.serve import EngineServer
+from engine.wire import Address, ServeError
 
 FAULTS = f"{REPO / 'tests' / 'lsp_fixtures' / 'fault_engine.py'}"
 
@@ -30,7 +32,7 @@ class LineClient:
     """A JSON-lines client for tests: send what you like, read what comes back."""
 
     def __init__(self, address: Address, token: str | None = None) -> None:
-        self.sock = serve.connect(address)
+        self.sock = wire.connect(address)
         self.sock.settimeout(20)
         self.stream = self.sock.makefile("rwb")
         self.next_id = 0
@@ -102,26 +104,26 @@ def test_fill_and_health_with_a_real_model(tiny_server, tiny_model_dir) -> None:
         assert health["requests_served"] == before + 1 and health["uptime_s"] > 0 and health["pid"] == os.getpid()
         # lone surrogates and non-ASCII text survive the trip and do not break the engine's answer
         msg = client.call("fill", {"prefix": "s = 'h\u00e9llo \ud83d\ude0b \ud800'\nx = ", "suffix": "", "max_tokens": 4})
-        assert "result" in msg or msg["error"]["code"] in (serve.INVALID_PARAMS, serve.INTERNAL_ERROR)
+        assert "result" in msg or msg["error"]["code"] in (wire.INVALID_PARAMS, wire.INTERNAL_ERROR)
         assert "result" in client.call("health")
     finally:
         client.close()
 
 
 @pytest.mark.parametrize("line, code, msg_id", [
-    (b"this is not json\n", serve.PARSE_ERROR, None),
-    (b'{"id": 2, "method": "fill", "params": \n', serve.PARSE_ERROR, None),
-    (b"\xff\xfe\x00 not utf-8\n", serve.PARSE_ERROR, None),
-    (b"[1, 2, 3]\n", serve.INVALID_REQUEST, None),
-    (b'{"id": 3}\n', serve.INVALID_REQUEST, 3),
-    (b'{"id": 4, "method": "no_such_method"}\n', serve.METHOD_NOT_FOUND, 4),
-    (b'{"id": 5, "method": "fill", "params": [1]}\n', serve.INVALID_PARAMS, 5),
-    (b'{"id": 6, "method": "fill", "params": {"suffix": "x"}}\n', serve.INVALID_PARAMS, 6),
-    (b'{"id": 7, "method": "fill", "params": {"prefix": "x", "max_tokens": 0}}\n', serve.INVALID_PARAMS, 7),
-    (b'{"id": 8, "method": "fill", "params": {"prefix": "x", "single_line": "yes"}}\n', serve.INVALID_PARAMS, 8),
-    (b'{"id": 9, "method": "fill", "params": {"prefix": "x", "colour": "blue"}}\n', serve.INVALID_PARAMS, 9),
+    (b"this is not json\n", wire.PARSE_ERROR, None),
+    (b'{"id": 2, "method": "fill", "params": \n', wire.PARSE_ERROR, None),
+    (b"\xff\xfe\x00 not utf-8\n", wire.PARSE_ERROR, None),
+    (b"[1, 2, 3]\n", wire.INVALID_REQUEST, None),
+    (b'{"id": 3}\n', wire.INVALID_REQUEST, 3),
+    (b'{"id": 4, "method": "no_such_method"}\n', wire.METHOD_NOT_FOUND, 4),
+    (b'{"id": 5, "method": "fill", "params": [1]}\n', wire.INVALID_PARAMS, 5),
+    (b'{"id": 6, "method": "fill", "params": {"suffix": "x"}}\n', wire.INVALID_PARAMS, 6),
+    (b'{"id": 7, "method": "fill", "params": {"prefix": "x", "max_tokens": 0}}\n', wire.INVALID_PARAMS, 7),
+    (b'{"id": 8, "method": "fill", "params": {"prefix": "x", "single_line": "yes"}}\n', wire.INVALID_PARAMS, 8),
+    (b'{"id": 9, "method": "fill", "params": {"prefix": "x", "colour": "blue"}}\n', wire.INVALID_PARAMS, 9),
     (b'{"id": {"a": 1}, "method": "health"}\n', None, None),
-    (b'{"method": "fill", "params": {"prefix": "x"}}\n', serve.INVALID_REQUEST, None),
+    (b'{"method": "fill", "params": {"prefix": "x"}}\n', wire.INVALID_REQUEST, None),
 ])
 def test_malformed_lines_get_an_error_and_the_connection_lives(fake_server, line, code, msg_id) -> None:
     client = LineClient(fake_server.address)
@@ -171,7 +173,7 @@ def test_newest_fill_per_key_wins_across_connections(fake_server) -> None:
         time.sleep(0.3)  # the slow fill is running
         newer = second.call("fill", {"prefix": '# codefill-fake: "new"\nx = ', "key": "file:///shared.py"})
         older = first.recv()
-        assert older["error"]["code"] == serve.CANCELLED
+        assert older["error"]["code"] == wire.CANCELLED
         assert newer["result"]["text"] == "new"
         assert time.monotonic() - started < 10  # the slow one (20 s) was stopped, not waited for
     finally:
@@ -187,7 +189,7 @@ def test_cancel_stops_a_running_fill(fake_server) -> None:
         started = time.monotonic()
         client.send({"method": "cancel", "params": {"id": msg_id}})  # no id: no answer to the cancel itself
         msg = client.recv()
-        assert msg["id"] == msg_id and msg["error"]["code"] == serve.CANCELLED
+        assert msg["id"] == msg_id and msg["error"]["code"] == wire.CANCELLED
         assert time.monotonic() - started < 2
         assert client.call("cancel", {"id": 12345})["result"] == {"cancelled": False}
     finally:
@@ -216,11 +218,11 @@ def test_tcp_needs_the_token(tmp_path) -> None:
     try:
         nobody = LineClient(server.address)
         msg = nobody.call("health")
-        assert msg["error"]["code"] == serve.UNAUTHORIZED
+        assert msg["error"]["code"] == wire.UNAUTHORIZED
         with pytest.raises((EOFError, OSError)):
             nobody.call("health")  # and the connection is closed
         wrong = LineClient(server.address)
-        assert wrong.call("auth", {"token": "guess"})["error"]["code"] == serve.UNAUTHORIZED
+        assert wrong.call("auth", {"token": "guess"})["error"]["code"] == wire.UNAUTHORIZED
         with pytest.raises((EOFError, OSError)):
             wrong.recv()
         right = LineClient(server.address, token="s3cret-token")
@@ -237,8 +239,8 @@ def test_only_loopback_without_allow_remote() -> None:
         EngineServer(host, Address("tcp", host="0.0.0.0", port=0), token="t")
     with pytest.raises(ServeError, match="token"):
         EngineServer(host, Address("tcp", host="127.0.0.1", port=0), token=None)
-    assert serve.is_loopback("127.0.0.1") and serve.is_loopback("::1") and serve.is_loopback("localhost")
-    assert not serve.is_loopback("0.0.0.0") and not serve.is_loopback("192.168.1.2")
+    assert wire.is_loopback("127.0.0.1") and wire.is_loopback("::1") and wire.is_loopback("localhost")
+    assert not wire.is_loopback("0.0.0.0") and not wire.is_loopback("192.168.1.2")
 
 
 def test_out_of_memory_on_the_gpu_falls_back_to_the_cpu(tmp_path) -> None:
@@ -258,7 +260,7 @@ def test_out_of_memory_everywhere_is_an_error_answer(tmp_path) -> None:
     client = LineClient(server.address)
     try:
         msg = client.call("fill", {"prefix": "x = "})
-        assert msg["error"]["code"] == serve.OUT_OF_MEMORY and "out of memory" in msg["error"]["message"]
+        assert msg["error"]["code"] == wire.OUT_OF_MEMORY and "out of memory" in msg["error"]["message"]
         assert client.call("health")["result"]["state"] == "ready"
     finally:
         client.close()
@@ -272,7 +274,7 @@ def test_a_model_that_fails_to_load_is_reported(tmp_path) -> None:
         health = client.call("health")["result"]
         assert health["state"] == "error" and "CheckpointError" in health["error"]
         msg = client.call("fill", {"prefix": "x = "})
-        assert msg["error"]["code"] == serve.LOAD_FAILED and "broken-model" in msg["error"]["message"]
+        assert msg["error"]["code"] == wire.LOAD_FAILED and "broken-model" in msg["error"]["message"]
     finally:
         client.close()
         server.stop()
@@ -280,21 +282,21 @@ def test_a_model_that_fails_to_load_is_reported(tmp_path) -> None:
 
 def test_runtime_dir_and_default_socket(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
-    path = serve.default_socket_path()
+    path = wire.default_socket_path()
     assert path == tmp_path / "codefill" / "engine.sock"
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
-    other = serve.default_socket_path(str(tmp_path), "cpu")
+    other = wire.default_socket_path(str(tmp_path), "cpu")
     assert other.parent == path.parent and other != path
-    assert other == serve.default_socket_path(str(tmp_path), "cpu")  # stable: every window finds the same engine
+    assert other == wire.default_socket_path(str(tmp_path), "cpu")  # stable: every window finds the same engine
     monkeypatch.delenv("XDG_RUNTIME_DIR")
-    assert serve.runtime_dir().name == f"codefill-{os.getuid()}"
+    assert wire.runtime_dir().name == f"codefill-{os.getuid()}"
     for spec, want in [("unix:/a/b.sock", Address("unix", path="/a/b.sock")),
                        ("tcp:127.0.0.1:7000", Address("tcp", host="127.0.0.1", port=7000)),
                        ("tcp:[::1]:7000", Address("tcp", host="::1", port=7000))]:
-        assert serve.parse_address(spec) == want
+        assert wire.parse_address(spec) == want
     for bad in ["tcp:localhost", "http://x", "unix:", "tcp:1.2.3.4:99999"]:
         with pytest.raises(ValueError):
-            serve.parse_address(bad)
+            wire.parse_address(bad)
 
 
 def test_a_stale_socket_is_replaced_and_a_live_one_is_not(tmp_path) -> None:
@@ -365,11 +367,11 @@ def test_command_line_tcp_writes_a_private_token_and_checks_it(tmp_path) -> None
         token = token_file.read_text().strip()
         address = Address("tcp", host="127.0.0.1", port=port)
         with pytest.raises(RuntimeError, match="^6:"):
-            serve.request_once(address, "health", token="wrong")
+            wire.request_once(address, "health", token="wrong")
         with pytest.raises(RuntimeError, match="^6:"):
-            serve.request_once(address, "health")
-        assert serve.request_once(address, "health", token=token)["address"] == f"tcp:127.0.0.1:{port}"
-        serve.request_once(address, "shutdown", token=token)
+            wire.request_once(address, "health")
+        assert wire.request_once(address, "health", token=token)["address"] == f"tcp:127.0.0.1:{port}"
+        wire.request_once(address, "shutdown", token=token)
         proc.wait(timeout=30)
         assert not token_file.exists()
     finally:
@@ -396,14 +398,14 @@ async def test_two_editor_windows_start_one_engine(tmp_path_factory) -> None:
             open_doc(client, "file:///shared.py", f'# codefill-fake: "{n}"\nx = \n')
             result = await inline(client, "file:///shared.py", 1, 4)
             assert result is not None and result.items[0].insert_text == str(n)
-        health = serve.request_once(Address("unix", path=str(sock)), "health")
+        health = wire.request_once(Address("unix", path=str(sock)), "health")
         assert health["clients"] == 3 and health["requests_served"] == 2  # two windows and this request
     finally:
         for client in windows:
             await stop_server(client)
         for left in (runtime / "codefill").glob("*.sock"):
             try:
-                serve.request_once(Address("unix", path=str(left)), "shutdown", timeout=5)
+                wire.request_once(Address("unix", path=str(left)), "shutdown", timeout=5)
             except (OSError, RuntimeError):
                 pass
         shutil.rmtree(runtime, ignore_errors=True)
