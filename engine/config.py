@@ -97,5 +97,4 @@ class EngineConfig:
     min_tokens: int = 1  # a fill may not end before this many tokens
     cache: bool = True  # reuse the context's keys and values between refreshes
     refresh_every: int = 4  # recompute the whole window every N steps
-    compile: bool = False
     threads: int = 0  # CPU threads for torch; 0: auto (see runner.pick_threads)
