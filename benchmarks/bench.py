@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batches", type=_ints, default=[1, 8], help="batch sizes (default 1,8)")
     e.add_argument("--cache", type=_words({"on", "off"}), default=["on", "off"], help="context cache: on,off")
     e.add_argument("--dtypes", type=_words(set(DTYPE_NAMES)), default=["float32", "bfloat16"])
-    e.add_argument("--steps", type=int, default=0, help="denoising steps (default: ceil(k/2) between 4 and 32)")
+    e.add_argument("--steps", type=int, default=0,
+                   help="denoising steps (default: the engine's, ceil(k/4) between 4 and 32)")
     e.add_argument("--window", type=int, default=256, help="window tokens: prefix + span + suffix (default 256)")
     e.add_argument("--refresh-every", type=int, default=4, help="full-window pass every N steps with the cache")
     e.add_argument("--reps", type=int, default=5, help="timed runs per setting (default 5)")
@@ -142,7 +143,7 @@ def cmd_engine(args: argparse.Namespace) -> int:
     print(f"model: {model['weights']}: {c['num_layers']} layers, hidden {c['hidden_size']}, heads "
           f"{c['num_heads']}/{c['num_kv_heads']}, vocab {c['vocab_size']} ({_params(c) / 1e6:.2f}M parameters)")
     print(f"settings: device {cfg.device}, dtypes {','.join(cfg.dtypes)}, window {cfg.window}, k {cfg.ks}, "
-          f"batch {cfg.batches}, steps {cfg.steps or 'ceil(k/2) in [4, 32]'}, cache refresh every "
+          f"batch {cfg.batches}, steps {cfg.steps or 'ceil(k/4) in [4, 32]'}, cache refresh every "
           f"{cfg.refresh_every}, {cfg.reps} timed runs after {cfg.warmup} warm-up, end token penalised so every "
           f"fill makes k tokens; tokens/s counts generated tokens only (batch x k)")
     print(f"baselines: {', '.join(cfg.baselines) or 'none'}; autoregressive prompt: {cfg.ar_prompt}", flush=True)

@@ -35,7 +35,7 @@ class EngineBenchConfig:
     dtypes: list[str] = field(default_factory=lambda: ["float32", "bfloat16"])
     reps: int = 5
     warmup: int = 1
-    steps: int = 0  # 0: engine.sampler.default_steps(k): ceil(k/2) between 4 and 32
+    steps: int = 0  # 0: engine.sampler.default_steps(k): ceil(k/4) between 4 and 32
     refresh_every: int = 4
     device: str = "cpu"
     window: int = 256
