@@ -109,6 +109,7 @@ class Engine:
             order=c.order, threshold=c.threshold, block=c.block,
             temperature=req.temperature or c.temperature, seed=req.seed, end_penalty=c.end_penalty,
             min_tokens=c.min_tokens,
+            tokens_per_step=c.tokens_per_step or (4 if self.runner.device.type == "cpu" else 2),
         )
 
     def fill(self, prefix: str, suffix: str, max_tokens: int = 32, single_line: bool = False, *,

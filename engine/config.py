@@ -89,6 +89,7 @@ class EngineConfig:
     window: int = 256  # tokens in the window: prefix + span + suffix
     max_span: int = 128
     steps: int = 0  # 0: choose from the span length (see sampler.default_steps)
+    tokens_per_step: int = 0  # what steps=0 aims at; 0: 4 on the CPU, 2 on a GPU
     order: str = "confidence"  # confidence, margin, entropy
     threshold: float = 0.0  # > 0: commit every masked position above this confidence (at least one per step)
     temperature: float = 0.0

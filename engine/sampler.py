@@ -23,7 +23,8 @@ ORDERS = ("confidence", "margin", "entropy", "left-to-right")
 class SamplerConfig:
     """Decoding settings."""
 
-    steps: int = 0  # 0: default_steps(span length)
+    steps: int = 0  # 0: default_steps(span length, tokens_per_step)
+    tokens_per_step: int = 4  # what steps=0 aims at
     order: str = "confidence"
     threshold: float = 0.0  # > 0: commit every masked position above this confidence, at least one a step
     block: int = 0  # > 0: only the first `block` still-masked positions are eligible (semi-autoregressive)
@@ -38,6 +39,8 @@ class SamplerConfig:
             raise ValueError(f"order must be one of {', '.join(ORDERS)}, not {self.order!r}")
         if self.steps < 0 or self.block < 0 or self.min_tokens < 0:
             raise ValueError("steps, block and min_tokens must not be negative")
+        if self.tokens_per_step < 1:
+            raise ValueError("tokens_per_step must be at least 1")
         if not 0.0 <= self.threshold < 1.0:
             raise ValueError("threshold must be in [0, 1)")
         if self.temperature < 0:
@@ -53,12 +56,14 @@ class SampleResult:
     forward_passes: int
 
 
-def default_steps(span_len: int) -> int:
-    """A small fixed step count: about four tokens a step, between 4 and 32.
+def default_steps(span_len: int, tokens_per_step: int = 4) -> int:
+    """A small fixed step count: about tokens_per_step tokens a step, between 4 and 128 / tokens_per_step.
 
-    On held-out lines the built-in model's fills were no worse with k/4 steps than with k/2, at half the time.
+    Fewer tokens a step make better fills and cost time: with the built-in model, single-line pass@1 on all of
+    HumanEval-Infilling was 9.0% at four tokens a step and 11.4% at two, at twice the time per fill. The engine
+    takes four on the CPU, where a step over the window costs ~84 ms, and two on a GPU, where it costs little.
     """
-    return max(4, min(32, math.ceil(span_len / 4)))
+    return max(4, min(128 // tokens_per_step, math.ceil(span_len / tokens_per_step)))
 
 
 def _scores(probs: Tensor, pred: Tensor, order: str) -> Tensor:
@@ -87,7 +92,7 @@ def denoise(
     cfg.validate()
     span = span.clone()
     b, k = span.shape
-    steps = cfg.steps or default_steps(k)
+    steps = cfg.steps or default_steps(k, cfg.tokens_per_step)
     gen = None
     if cfg.temperature > 0:
         gen = torch.Generator(device=span.device)

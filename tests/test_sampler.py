@@ -123,3 +123,4 @@ def test_bad_settings_are_rejected() -> None:
     with pytest.raises(ValueError):
         SamplerConfig(order="random").validate()
     assert default_steps(8) == 4 and default_steps(128) == 32
+    assert default_steps(32, tokens_per_step=2) == 16 and default_steps(128, tokens_per_step=2) == 64
