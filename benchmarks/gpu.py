@@ -290,6 +290,12 @@ def main(argv: list[str] | None = None) -> int:
         job()
     rec.data["wall_s"] = time.perf_counter() - started
     rec.write()
+    try:  # matplotlib may be missing on the device machine: the JSON is what matters
+        from benchmarks.plot import plot_device
+
+        plot_device(rec.data, args.out / "device.png")
+    except Exception as exc:  # noqa: BLE001
+        print(f"no plot: {exc}", flush=True)
     print(summary(rec.data))
     return 0
 

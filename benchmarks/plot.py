@@ -83,3 +83,35 @@ def plot_lsp(result: dict[str, Any], out: Path) -> Path:
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return Path(out)
+
+
+def plot_device(result: dict[str, Any], out: Path) -> Path:
+    """GPU benchmark: median time to fill k tokens per method and variant, a panel per model and batch size;
+    the diffusion rows blue, the autoregressive ones red and orange, as in plot_engine."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in result["rows"] if "median_ms" in r]
+    panels = sorted({(r["model"], r["batch"]) for r in rows}, key=lambda mb: (mb[0] != "open-dcoder-0.5b", mb))
+    if not panels:
+        raise ValueError("no measured rows to plot")
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.6 * len(panels), 3.9), squeeze=False)
+    for ax, (model, batch) in zip(axes[0], panels):
+        mine = [r for r in rows if r["model"] == model and r["batch"] == batch]
+        labels = [f"{r['method']} {r['variant']}" for r in mine]
+        colors = [COLORS["ar-hf"] if r["method"] == "ar-hf" else COLORS["ar-ours"] if r["method"] == "ar-ours"
+                  else COLORS["diffusion cache on"] for r in mine]
+        ax.barh(range(len(mine)), [r["median_ms"] for r in mine], color=colors)
+        ax.set_yticks(range(len(mine)), labels, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlabel(f"median ms to fill {mine[0]['k']} tokens")
+        ax.set_title(f"{model}, batch {batch}", fontsize=9)
+    hw = result.get("hardware", {})
+    fig.suptitle(f"codefill bench device: {hw.get('gpu') or hw.get('cpu', '')}, torch {hw.get('torch', '')}",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return Path(out)

@@ -79,3 +79,16 @@ def test_engine_smoke_writes_valid_json(tmp_path: Path) -> None:
             assert r["forward_passes"] == r["steps"]  # every fill ran every step: no early stop
     assert not data["problems"]  # every fill made exactly k tokens
     assert {s["baseline"] for s in data["speedups"]} == {"ar-ours"}
+
+
+def test_device_smoke_writes_json_and_a_plot(tmp_path: Path) -> None:
+    """The GPU benchmark's own path on the CPU (tiny shape): the JSON every row lands in, and its plot."""
+    from benchmarks.bench import main
+
+    assert main(["device", "--smoke", "--out", str(tmp_path), "--no-compile"]) == 0
+    data = json.loads((tmp_path / "device.json").read_text())
+    measured = [r for r in data["rows"] if "median_ms" in r]
+    assert {r["method"] for r in measured} >= {"static-step", "engine", "ar-ours"}
+    assert all(r["median_ms"] > 0 for r in measured)
+    png = (tmp_path / "device.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
