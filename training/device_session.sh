@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One lent-GPU session in one device call: train the built-in GPU model first (training/device_train.sh), then
-# measure GPU figures with the time left (benchmarks/device.sh), and pack what comes back into at most 4 files.
+# One lent-GPU session in one device call: train the built-in model first (training/device_train.sh), evaluate it
+# on HumanEval-Infilling single-line on the GPU, then measure GPU figures with the time left (benchmarks/device.sh),
+# and pack what comes back into at most 4 files.
 #
 #   run(command="bash training/device_session.sh", carry=["gpu_data"], timeout_s=595)
 #
@@ -12,7 +13,8 @@
 # What comes back ($OUT): model-0000N-of-0000M.safetensors (the trained weights, bf16, each under 16 MiB) and
 # meta.tar (model/: config.json, model.safetensors.index.json, tokenizer.json, training.json; run.json, train.log;
 # data/: sources.json (every training source with its license) and extend.json, when the run added the device's
-# installed packages to the data; bench/: device.json, device.log). Here, afterwards:
+# installed packages to the data; eval/: summary.json and tasks.jsonl.gz, the new model on HumanEval-Infilling
+# single-line on the GPU; bench/: device.json, device.log, device.png). Here, afterwards:
 #   mkdir -p engine/models/codefill-base && tar -xf FILES_AT/meta.tar -C /tmp/session \
 #     && cp FILES_AT/*.safetensors /tmp/session/model/{config,model.safetensors.index,tokenizer,training}.json \
 #        engine/models/codefill-base/
@@ -36,7 +38,8 @@ pack() {  # everything small into one tar, the weight shards beside it
   local files=()
   cd "$work"
   for f in model/config.json model/model.safetensors.index.json model/tokenizer.json model/training.json \
-           run.json train.log data/sources.json data/extend.json bench/device.json bench/device.log; do
+           run.json train.log data/sources.json data/extend.json eval/summary.json eval/tasks.jsonl.gz \
+           bench/device.json bench/device.log bench/device.png; do
     if [ -f "$f" ]; then files+=("$f"); fi
   done
   if [ "${#files[@]}" -gt 0 ]; then tar -cf "$OUT/meta.tar.tmp" "${files[@]}" && mv "$OUT/meta.tar.tmp" "$OUT/meta.tar"; fi
@@ -48,11 +51,26 @@ pack() {  # everything small into one tar, the weight shards beside it
 
 echo "== training for ${TRAIN_MINUTES:-5.75} minutes"
 train_limit=$(( TOTAL_S * 3 / 4 ))
-OUT="$work" MINUTES="${TRAIN_MINUTES:-5.75}" HARD_S="${HARD_S:-$train_limit}" \
+OUT="$work" PACKED=1 MINUTES="${TRAIN_MINUTES:-5.75}" HARD_S="${HARD_S:-$train_limit}" \
   bash training/device_train.sh 2>&1 | tee "$work/train.log"
 train_rc=${PIPESTATUS[0]}
 pack
 echo "== training exit status $train_rc after $(( SECONDS - start )) s"
+
+# The new model on HumanEval-Infilling single-line, on the GPU (the benchmark travels in gpu_data/benchmarks/,
+# 0.4 MiB: cp -r ../shared/benchmarks/human-eval-infilling gpu_data/benchmarks/); EVAL=0 skips it.
+if [ "${EVAL:-1}" = 1 ] && [ -d gpu_data/benchmarks/human-eval-infilling ] && [ -f "$work/model/config.json" ]; then
+  eval_s=$(( TOTAL_S - (SECONDS - start) - 75 ))  # the benchmark keeps at least a minute
+  if [ "$eval_s" -ge 45 ]; then
+    echo "== evaluating the new model (at most $eval_s s)"
+    mkdir -p "$work/eval"
+    timeout -k 10 "$eval_s" "${PYTHON:-python3}" -m engine.cli eval --model "$work/model" --device "${EVAL_DEVICE:-cuda}" ${EVAL_ARGS:-} \
+      --benchmarks gpu_data/benchmarks --tasks "${EVAL_TASKS:-single-line}" --batch-size 16 --workers 12 --quiet \
+      --summary-json "$work/eval/summary.json" --out "$work/eval/tasks.jsonl" 2>&1 | tail -n 6
+    gzip -f "$work/eval/tasks.jsonl" 2>/dev/null
+    pack
+  fi
+fi
 
 left=$(( TOTAL_S - (SECONDS - start) - 15 ))
 if [ "$left" -ge 60 ]; then
