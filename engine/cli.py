@@ -109,7 +109,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not data_ready(data) or args.source or args.wheels:  # packed data (training/device_data.py) is ready as is
         from training.pipeline import prepare_data
 
-        prepare_data(data, [Path(p) for p in args.source], Path(args.wheels) if args.wheels else None, args.vocab)
+        # Continuing a model: its data must be tokenized with its own tokenizer.
+        tokenizer = Path(args.init_from, "tokenizer.json") if args.init_from else None
+        prepare_data(data, [Path(p) for p in args.source], Path(args.wheels) if args.wheels else None, args.vocab,
+                     tokenizer)
     extra = {"warmup_steps": args.warmup_steps, "eval_every": args.eval_every,
              "checkpoint_minutes": args.checkpoint_minutes}
     cfg = TrainConfig(preset=args.preset, batch_size=args.batch_size, lr=args.lr, minutes=args.minutes,

@@ -1,8 +1,20 @@
-"""Build what training reads, each step skipped when its output exists: corpus, tokenizer, token arrays."""
+"""Build what training reads, each step skipped when its output exists: corpus, tokenizer, token arrays.
+
+    python -m training.pipeline fetch      # data/wheels: the corpus's PyPI projects (training/corpus-wheels.txt)
+    python -m training.pipeline prepare --tokenizer engine/models/codefill-base/tokenizer.json
+                                           # data/corpus, data/tokenizer.json, data/{train,valid}.npz
+
+`prepare` with --tokenizer tokenizes with that tokenizer instead of training a new one: data to continue a model
+with must use the model's own (training refuses another). Then `python -m training.device_data pack` makes the
+copy that travels to a lent GPU.
+"""
 
 from __future__ import annotations
 
+import argparse
 import random
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -14,8 +26,20 @@ from training.dataset import tokenize_split
 TOKENIZER_SAMPLE_CHARS = 40_000_000  # the BPE is trained on a sample of files this large
 
 
-def prepare_data(data: Path, sources: list[Path], wheel_dir: Path | None, vocab_size: int = 8192) -> None:
-    """data/corpus/, data/tokenizer.json, data/train.npz and data/valid.npz."""
+WHEEL_LIST = Path(__file__).with_name("corpus-wheels.txt")
+
+
+def fetch_wheels(out: Path, requirements: Path = WHEEL_LIST) -> None:
+    """Download the corpus's wheels (no dependencies) with this interpreter's pip."""
+    out.mkdir(parents=True, exist_ok=True)
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-r",
+                    str(requirements), "-d", str(out)], check=True)
+
+
+def prepare_data(data: Path, sources: list[Path], wheel_dir: Path | None, vocab_size: int = 8192,
+                 tokenizer: Path | None = None) -> None:
+    """data/corpus/, data/tokenizer.json (a copy of tokenizer when given, else trained), data/train.npz and
+    data/valid.npz."""
     data.mkdir(parents=True, exist_ok=True)
     corpus_dir = data / "corpus"
     if not (corpus_dir / "train.jsonl").exists():
@@ -25,6 +49,8 @@ def prepare_data(data: Path, sources: list[Path], wheel_dir: Path | None, vocab_
     corpus = Corpus.load(corpus_dir)
     print(f"corpus: {len(corpus.train)} training files, {len(corpus.valid)} validation files", file=sys.stderr)
     tok_path = data / "tokenizer.json"
+    if not tok_path.exists() and tokenizer is not None:
+        shutil.copyfile(tokenizer, tok_path)
     if not tok_path.exists():
         files = corpus.train[:]
         random.Random(0).shuffle(files)
@@ -42,3 +68,28 @@ def prepare_data(data: Path, sources: list[Path], wheel_dir: Path | None, vocab_
             arrays = tokenize_split(getattr(corpus, split), tok)
             arrays.save(out)
             print(f"{split}: {len(arrays.tokens):,} tokens, {len(arrays.spans):,} syntax spans", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m training.pipeline fetch|prepare`."""
+    p = argparse.ArgumentParser(prog="python -m training.pipeline", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    f = sub.add_parser("fetch", help="download the corpus's wheels")
+    f.add_argument("--out", default="data/wheels")
+    r = sub.add_parser("prepare", help="corpus, tokenizer and token arrays under --data")
+    r.add_argument("--data", default="data")
+    r.add_argument("--wheels", default="data/wheels")
+    r.add_argument("--source", action="append", default=[], help="extra source directory (repeatable)")
+    r.add_argument("--tokenizer", default=None, help="use this tokenizer.json instead of training one")
+    r.add_argument("--vocab", type=int, default=8192)
+    args = p.parse_args(argv)
+    if args.cmd == "fetch":
+        fetch_wheels(Path(args.out))
+    else:
+        prepare_data(Path(args.data), [Path(s) for s in args.source], Path(args.wheels), args.vocab,
+                     Path(args.tokenizer) if args.tokenizer else None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
