@@ -3,6 +3,7 @@
 # on HumanEval-Infilling single-line on the GPU, then measure GPU figures with the time left (benchmarks/device.sh),
 # and pack what comes back into at most 4 files.
 #
+#   bash training/prepare_device_data.sh     # first, here: gpu_data/ (skips what is there)
 #   run(command="bash training/device_session.sh", carry=["gpu_data"], timeout_s=595)
 #
 # Why one call: a machine's start costs one to two minutes of the session's 15, and no machine starts with under 4
@@ -15,17 +16,17 @@
 # data/: sources.json (every training source with its license) and extend.json, when the run added the device's
 # installed packages to the data; eval/: summary.json and tasks.jsonl.gz, the new model on HumanEval-Infilling
 # single-line on the GPU; bench/: device.json, device.log, device.png). Here, afterwards:
-#   mkdir -p engine/models/codefill-base && tar -xf FILES_AT/meta.tar -C /tmp/session \
-#     && cp FILES_AT/*.safetensors /tmp/session/model/{config,model.safetensors.index,tokenizer,training}.json \
-#        engine/models/codefill-base/
+#   rm -rf /tmp/session && mkdir -p /tmp/session && tar -xf FILES_AT/meta.tar -C /tmp/session
+#   cat /tmp/session/run.json /tmp/session/eval/summary.json       # did the loss and pass@1 improve?
+#   rm engine/models/codefill-base/model*.safetensors* && cp FILES_AT/*.safetensors \
+#     /tmp/session/model/{config,model.safetensors.index,tokenizer,training}.json engine/models/codefill-base/
 # (see the AFTER notes in training/device_train.sh for the evaluation that decides the default model).
 #
 # A machine stays warm for ~30 s after a call, /tmp included: if device time is left, a second call made at once
 # can continue the model just trained without a new start or transfer, e.g.
-#   run(command="INIT=/tmp/codefill-session-work.XXXXXX/model EXTEND=0 TRAIN_MINUTES=3.2 HARD_S=262 TOTAL_S=285 \
-#       bash training/device_session.sh", timeout_s=300)
-# (the directory is named in the first call's output; the extended data is at /tmp/codefill-data there:
-# DATA=/tmp/codefill-data reuses it).
+#   run(command="INIT=/tmp/codefill-session-work.XXXXXX/model DATA=/tmp/codefill-data EXTEND=0 EVAL=0 \
+#       TRAIN_MINUTES=3.2 HARD_S=262 TOTAL_S=285 bash training/device_session.sh", timeout_s=300)
+# (the directory is named in the first call's output; /tmp/codefill-data holds the data extend made there).
 set -u
 cd "$(dirname "$0")/.."
 start=$SECONDS

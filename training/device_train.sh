@@ -3,15 +3,10 @@
 # every session: it starts from engine/models/codefill-base when that directory exists (a previous session's
 # result, committed), else from scratch, and brings the result back in $OUT.
 #
-# BEFORE (here, on the CPU machine; the tokenized data must exist: `codefill train` builds data/ when missing):
-#   python -m training.device_data pack --data data --out gpu_data   # once: 19 MiB, git-ignored, ~70 s of CPU
-#   mkdir -p gpu_data/wheels && python -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
-#     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-#     --platform manylinux2014_x86_64 -d gpu_data/wheels tree-sitter==0.26.1 tree-sitter-python==0.25.0
-#   mkdir -p gpu_data/benchmarks && cp -r ../shared/benchmarks/human-eval-infilling gpu_data/benchmarks/  # for
-#                                                                    # device_session.sh's evaluation on the GPU
-#   python -m training.device_data size --carry gpu_data             # must print "in all" <= 64 MiB
-#   bash training/device_train.sh --smoke                            # ~15 s on the CPU: the same path, tiny model
+# BEFORE (here, on the CPU machine): bash training/prepare_device_data.sh   # gpu_data/ from nothing, ~6 min;
+#   it fetches the corpus's wheels, tokenizes with the built-in model's tokenizer, packs the token arrays (19 MiB),
+#   adds tree-sitter wheels for the device's Python and HumanEval-Infilling, and prints the travel size (<= 64 MiB).
+#   bash training/device_train.sh --smoke                            # ~15 s on the CPU: the same path, tiny steps
 # The model travels in the working tree (engine/models/codefill-base, 37 MiB in bf16) beside gpu_data (~20 MiB):
 # keep other large files out of the tree (untracked files that git does not ignore travel too).
 #

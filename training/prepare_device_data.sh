@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Build gpu_data/, what a lent GPU machine needs beside the repository, on this (CPU) machine, from nothing:
+#   1. the corpus's wheels (training/corpus-wheels.txt) into data/wheels       ~1-2 min, PyPI
+#   2. corpus, token arrays under data/, tokenized with the built-in model's tokenizer (so the device run can
+#      continue that model)                                                     ~3 min
+#   3. the packed copy of the token arrays in gpu_data/                          ~70 s
+#   4. tree-sitter wheels for the device's Python 3.12 (syntax spans of the added data) in gpu_data/wheels
+#   5. HumanEval-Infilling (evaluated on the GPU, never trained on) in gpu_data/benchmarks
+# Each step is skipped when its output is there. Then: python -m training.device_data size --carry gpu_data, and
+# the call in training/device_session.sh's header. Usage: bash training/prepare_device_data.sh [DATA] [OUT]
+set -eu
+cd "$(dirname "$0")/.."
+DATA="${1:-data}"
+OUT="${2:-gpu_data}"
+PY="${PYTHON:-python}"
+MODEL_TOK="engine/models/codefill-base/tokenizer.json"
+BENCH="${BENCHMARKS:-../shared/benchmarks}"
+if [ ! -d "$DATA/wheels" ] || [ -z "$(ls "$DATA"/wheels/*.whl 2>/dev/null)" ]; then
+  "$PY" -m training.pipeline fetch --out "$DATA/wheels"
+fi
+"$PY" -m training.pipeline prepare --data "$DATA" --wheels "$DATA/wheels" --tokenizer "$MODEL_TOK"
+if ! cmp -s "$DATA/tokenizer.json" "$MODEL_TOK"; then
+  echo "$DATA/tokenizer.json is not $MODEL_TOK: the device could not continue the built-in model from this data;" \
+       "move $DATA away and run this again" >&2
+  exit 1
+fi
+if [ ! -f "$OUT/train.pack.npz" ]; then
+  "$PY" -m training.device_data pack --data "$DATA" --out "$OUT"
+fi
+if [ -z "$(ls "$OUT"/wheels/tree_sitter-*.whl 2>/dev/null)" ]; then
+  "$PY" -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    -d "$OUT/wheels" tree-sitter==0.26.1 tree-sitter-python==0.25.0
+fi
+if [ ! -d "$OUT/benchmarks/human-eval-infilling" ]; then
+  if [ -d "$BENCH/human-eval-infilling" ]; then
+    mkdir -p "$OUT/benchmarks" && cp -r "$BENCH/human-eval-infilling" "$OUT/benchmarks/"
+  else
+    echo "no $BENCH/human-eval-infilling: the device session will train and benchmark without evaluating" >&2
+  fi
+fi
+"$PY" -m training.device_data size --carry "$OUT"
