@@ -82,7 +82,8 @@ def test_engine_smoke_writes_valid_json(tmp_path: Path) -> None:
 
 
 def test_device_smoke_writes_json_and_a_plot(tmp_path: Path) -> None:
-    """The GPU benchmark's own path on the CPU (tiny shape): the JSON every row lands in, and its plot."""
+    """The GPU benchmark's own path on the CPU (tiny shape): the JSON every row lands in, and its plot where
+    matplotlib is installed."""
     from benchmarks.bench import main
 
     assert main(["device", "--smoke", "--out", str(tmp_path), "--no-compile"]) == 0
@@ -90,5 +91,10 @@ def test_device_smoke_writes_json_and_a_plot(tmp_path: Path) -> None:
     measured = [r for r in data["rows"] if "median_ms" in r]
     assert {r["method"] for r in measured} >= {"static-step", "engine", "ar-ours"}
     assert all(r["median_ms"] > 0 for r in measured)
+    try:
+        import matplotlib  # noqa: F401  (the "bench" extra; the device machine has it, CI may not)
+    except ImportError:
+        assert not (tmp_path / "device.png").exists()  # no plot, and no failure: the JSON is what matters
+        return
     png = (tmp_path / "device.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
