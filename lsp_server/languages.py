@@ -146,11 +146,14 @@ def parse(spec: LanguageSpec, text: str) -> tree_sitter.Tree | None:
             if old == data:
                 recent.insert(0, recent.pop(i))
                 return old_tree
-        base = max(recent, key=lambda entry: _shared_bytes(entry[0], data), default=None)
+        # The kept text with the most bytes in common (prefix + suffix), each compared once.
+        diffs = [(_diff(old, data), old, tree) for old, tree in recent]
+        best = max(diffs, key=lambda d: sum(d[0]), default=None)
         old_tree = None
-        if base is not None and _shared_bytes(base[0], data) >= len(data) // 2:
-            old_tree = base[1].copy()  # edit a copy: the cached tree may be read by another request
-            old_tree.edit(**_edit(base[0], data))
+        if best is not None and sum(best[0]) >= len(data) // 2:
+            (prefix, suffix), old, base_tree = best
+            old_tree = base_tree.copy()  # edit a copy: the cached tree may be read by another request
+            old_tree.edit(**_edit(old, data, prefix, suffix))
     # A Parser is cheap and not thread-safe: one per call.
     parser = tree_sitter.Parser(grammar(spec))
     tree = parser.parse(data, old_tree) if old_tree is not None else parser.parse(data)
@@ -185,9 +188,10 @@ def _common_suffix(a: bytes, b: bytes, limit: int) -> int:
     return n
 
 
-def _shared_bytes(a: bytes, b: bytes) -> int:
-    p = _common_prefix(a, b)
-    return p + _common_suffix(a, b, min(len(a), len(b)) - p)
+def _diff(old: bytes, new: bytes) -> tuple[int, int]:
+    """Lengths of the common prefix and of the common suffix after it (the two never overlap)."""
+    prefix = _common_prefix(old, new)
+    return prefix, _common_suffix(old, new, min(len(old), len(new)) - prefix)
 
 
 def _point(data: bytes, offset: int) -> tuple[int, int]:
@@ -195,10 +199,8 @@ def _point(data: bytes, offset: int) -> tuple[int, int]:
     return data.count(b"\n", 0, offset), offset - (data.rfind(b"\n", 0, offset) + 1)
 
 
-def _edit(old: bytes, new: bytes) -> dict[str, object]:
-    """The single edit that turns old into new, as Tree.edit's arguments."""
-    start = _common_prefix(old, new)
-    suffix = _common_suffix(old, new, min(len(old), len(new)) - start)
+def _edit(old: bytes, new: bytes, start: int, suffix: int) -> dict[str, object]:
+    """The single edit that turns old into new (given _diff's prefix and suffix), as Tree.edit's arguments."""
     old_end, new_end = len(old) - suffix, len(new) - suffix
     return {"start_byte": start, "old_end_byte": old_end, "new_end_byte": new_end,
             "start_point": _point(old, start), "old_end_point": _point(old, old_end),
