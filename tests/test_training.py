@@ -20,14 +20,13 @@ from engine.errors import CheckpointError
 from engine.model import DiffusionLM
 from engine.tokenizer import CodeTokenizer
 from training.dataset import TokenArrays
-from training.device_data import load_packed, pack, pack_arrays, run_summary, subset
+from training.device_data import load_packed, load_split, pack, pack_arrays, run_summary, subset
 from training.objective import ExampleSampler, ObjectiveConfig
 from training.train import (
     FastSampler,
     TrainConfig,
     TrainState,
     export_model,
-    load_split,
     masked_loss,
     train,
 )
@@ -235,7 +234,7 @@ def _fake_site(root: Path, name: str, license_line: str, files: dict[str, str]) 
 
 
 def test_extend_adds_permissive_installed_packages_to_the_carried_data(tiny_data: Path, tmp_path: Path) -> None:
-    from training.device_data import extend, load_split
+    from training.device_data import extend
 
     site = tmp_path / "site"
     code = "def scale(values, factor):\n    return [v * factor for v in values]\n"
