@@ -123,19 +123,19 @@ def gather(roots: list[Path], suffixes: tuple[str, ...] = (".py",),
         (corpus.valid if held_out else corpus.train).append(text)
         return True
 
+    def take(label: str, lic: str, texts: Iterable[str]) -> int | None:
+        """Add a package's files when its license is known to be permissive; None (with a note) otherwise."""
+        if not permissive(lic):
+            print(f"skip {label}: license {lic!r} is not known to be permissive", file=sys.stderr)
+            return None
+        return sum(add(text) for text in texts)
+
     for dist in distributions:
         if deadline is not None and time.monotonic() > deadline:
             print("gather: time is up, the remaining distributions are left out", file=sys.stderr)
             break
         name, lic = metadata_license(dist.read_text("METADATA") or "")
-        if not name or not permissive(lic):
-            print(f"skip {name or dist}: license {lic!r} is not known to be permissive", file=sys.stderr)
-            continue
-        n = 0
-        for rel in dist.files or []:
-            path = Path(str(dist.locate_file(rel)))
-            if keep_path(str(rel), suffixes) and path.is_file() and path.stat().st_size <= MAX_FILE_BYTES:
-                n += add(path.read_text("utf-8", errors="replace"))
+        n = take(name, lic, _installed_texts(dist, suffixes)) if name else None
         if n:
             corpus.sources.append({"name": name, "license": lic, "files": str(n)})
 
@@ -145,14 +145,11 @@ def gather(roots: list[Path], suffixes: tuple[str, ...] = (".py",),
         if root.suffix == ".whl":
             with zipfile.ZipFile(root) as zf:
                 name, lic = wheel_license(zf)
-                if not permissive(lic):
-                    print(f"skip {root.name}: license {lic!r} is not known to be permissive", file=sys.stderr)
-                    continue
-                n = 0
-                for member in zf.namelist():
-                    if keep_path(member, suffixes) and zf.getinfo(member).file_size <= MAX_FILE_BYTES:
-                        n += add(zf.read(member).decode("utf-8", "replace"))
-                corpus.sources.append({"name": name, "license": lic, "files": str(n)})
+                texts = (zf.read(m).decode("utf-8", "replace") for m in zf.namelist()
+                         if keep_path(m, suffixes) and zf.getinfo(m).file_size <= MAX_FILE_BYTES)
+                n = take(root.name, lic, texts)
+                if n is not None:
+                    corpus.sources.append({"name": name, "license": lic, "files": str(n)})
             continue
         n = 0
         for path in sorted(root.rglob("*")):
@@ -162,6 +159,14 @@ def gather(roots: list[Path], suffixes: tuple[str, ...] = (".py",),
         label = "Python standard library" if root == Path(sysconfig.get_paths()["stdlib"]) else root.name
         corpus.sources.append({"name": label, "license": "PSF" if "standard" in label else "see source", "files": str(n)})
     return corpus
+
+
+def _installed_texts(dist: importlib.metadata.Distribution, suffixes: tuple[str, ...]) -> Iterable[str]:
+    """The corpus files of an installed distribution, as text."""
+    for rel in dist.files or []:
+        path = Path(str(dist.locate_file(rel)))
+        if keep_path(str(rel), suffixes) and path.is_file() and path.stat().st_size <= MAX_FILE_BYTES:
+            yield path.read_text("utf-8", errors="replace")
 
 
 def default_roots(wheel_dir: Path | None) -> list[Path]:
