@@ -6,7 +6,8 @@ still leaves its results:
   - the fixed-shape, sync-free denoising loop (benchmarks/proto.StaticDenoiser), eager and as CUDA graphs, with
     the context cache off (every step a whole-window pass: the step time to set against the compute bound,
     2 x parameters x window tokens FLOPs at the peak given by --peak-tflops) and on;
-  - the engine as it is (engine.api.Engine.fill_batch, eager), cache on and off, when the engine imports;
+  - the engine as it is (engine.api.Engine.fill_batch): with its CUDA graphs on CUDA, then eager with the cache
+    on and off, when the engine imports;
   - the autoregressive baselines: our causal KV-cache decoder over the same weights (eager and as a CUDA graph)
     and transformers' generate when transformers imports;
   - last, while the time budget lasts: torch.compile, alone and captured as CUDA graphs.
@@ -352,18 +353,22 @@ class Case:
                      per_step=0 if cache else self.steps, prepare=den.prepare)
 
     def engine(self, tok: Any, window: int, device: torch.device, dtype: torch.dtype) -> None:
-        """engine.api.Engine.fill_batch as it is, cache on and off; checks the static loop makes the same tokens."""
+        """engine.api.Engine.fill_batch as it is: with its CUDA graphs (on CUDA), then eager with the cache on and
+        off; each checks that the static loop makes the same tokens."""
+        import dataclasses
+
         from engine.api import Engine, FillRequest
         from engine.config import EngineConfig
         from engine.runner import Runner
 
         w = self.w
-        config = EngineConfig(device=str(device), dtype=str(dtype).removeprefix("torch."), window=window,
-                              end_penalty=END_PENALTY, refresh_every=self.refresh_every)
-        engine = Engine(Runner(self.model, tok, device, dtype), config)
+        base = EngineConfig(device=str(device), dtype=str(dtype).removeprefix("torch."), window=window,
+                            end_penalty=END_PENALTY, refresh_every=self.refresh_every)
         reqs = [FillRequest(h.prefix, h.suffix, max_tokens=self.k, steps=self.steps) for h in w.texts]
-        for cache in (True, False):
-            config.cache = cache
+        variants = [("graph", True)] if device.type == "cuda" else []
+        for mode, cache in variants + [("eager", True), ("eager", False)]:
+            runner = Runner(self.model, tok, device, dtype, cuda_graphs=mode == "graph")
+            engine = Engine(runner, dataclasses.replace(base, cache=cache, cuda_graphs=mode == "graph"))
             try:
                 fills = engine.fill_batch(reqs)
                 den = StaticDenoiser(self.model, w.lay, self.steps, w.mask_id, w.end_ids, END_PENALTY, cache=cache,
@@ -371,8 +376,9 @@ class Case:
                 same: Any = den.fill().tolist() == [f.tokens for f in fills]
             except Exception as exc:
                 same = f"check failed: {exc}"
-            self.measure("engine", f"eager cache={'on' if cache else 'off'}", lambda: engine.fill_batch(reqs),
-                         static_loop_same_tokens=same)
+            extra = {"graphs_in_use": runner.graphs is not None} if mode == "graph" else {}
+            self.measure("engine", f"{mode} cache={'on' if cache else 'off'}", lambda: engine.fill_batch(reqs),
+                         static_loop_same_tokens=same, **extra)
 
     def ar_ours(self, mode: str, backend: str | None = None) -> None:
         """Our causal KV-cache decoder: eager, or its decode step as a CUDA graph and/or compiled."""

@@ -90,7 +90,7 @@ class Engine:
         model, tok = load_model(model_path, device=str(dev), dtype=dt)
         if dev.type == "cpu":
             torch.set_num_threads(pick_threads(config.threads, model.cfg.num_parameters()))
-        return cls(Runner(model, tok, dev, dt), config, model_path)
+        return cls(Runner(model, tok, dev, dt, cuda_graphs=config.cuda_graphs), config, model_path)
 
     @property
     def tokenizer(self) -> CodeTokenizer:

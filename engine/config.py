@@ -99,3 +99,4 @@ class EngineConfig:
     cache: bool = True  # reuse the context's keys and values between refreshes
     refresh_every: int = 4  # recompute the whole window every N steps
     threads: int = 0  # CPU threads for torch; 0: auto (see runner.pick_threads)
+    cuda_graphs: bool = True  # on a GPU, replay each step as a captured CUDA graph (engine.graphs)

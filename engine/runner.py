@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -11,11 +12,15 @@ import torch
 from torch import Tensor
 
 from engine.model import DiffusionLM, KVCache
+from engine.graphs import GraphCache, GraphUnavailable
 from engine.sampler import SampleResult, SamplerConfig, denoise
 from engine.tokenizer import CodeTokenizer
 from engine.window import Window
 
 LENGTH_BUCKET = 16  # window lengths are rounded up to a multiple of this, so shapes repeat
+GRAPH_WIDTH_BUCKET = 128  # coarser with CUDA graphs: one captured graph per shape
+
+log = logging.getLogger(__name__)
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -52,80 +57,123 @@ def pick_threads(requested: int, num_parameters: int) -> int:
 
 @dataclass
 class Layout:
-    """A batch of windows aligned so every span starts at the same index."""
+    """A batch of windows laid out span first (see lay_out)."""
 
     ids: Tensor  # [B, T]
     positions: Tensor  # [B, T]
     key_mask: Tensor  # [B, T] bool
-    span_start: int
-    span_len: int  # K: the longest span of the batch; shorter spans are padded with end ids
+    span_start: int  # where the span sits in every row: `shift` (0, or 1 for models with shifted logits)
+    span_len: int  # K: the longest span of the batch; shorter spans are padded with pad ids
 
 
-def lay_out(windows: list[Window], mask_id: int, pad_id: int, device: torch.device) -> Layout:
-    """Left-pad prefixes to a common span start, pad spans with end ids to a common length, right-pad the rest."""
-    s0 = max(len(w.prefix_ids) for w in windows)
+def lay_out(windows: list[Window], mask_id: int, pad_id: int, device: torch.device, shift: int = 0,
+            bucket: int = LENGTH_BUCKET) -> Layout:
+    """Rows of [shift tokens][span][prefix][suffix][padding], each token carrying its place in the text.
+
+    The transformer has no causal mask and reads order only from the positions it is given, so where a token sits
+    in a row does not matter; putting the span first gives every batch the same span start whatever its prefixes,
+    which keeps the shapes of a denoising step few (a CUDA graph per shape, see engine.graphs). With shifted logits
+    (shift 1) the prefix's last token, whose output predicts the span's first token, comes just before the span.
+    Rows are right-padded to a multiple of `bucket`; padding (and a shorter span's unused slots) are masked out.
+    """
     k = max(w.span_len for w in windows)
-    t = s0 + k + max(len(w.suffix_ids) for w in windows)
-    t = -(-t // LENGTH_BUCKET) * LENGTH_BUCKET
-    b = len(windows)
-    ids = torch.full((b, t), pad_id, dtype=torch.long)
-    positions = torch.zeros((b, t), dtype=torch.long)
-    key_mask = torch.zeros((b, t), dtype=torch.bool)
-    for i, w in enumerate(windows):
+    rows = []
+    for w in windows:
         p = len(w.prefix_ids)
-        row = w.prefix_ids + [mask_id] * w.span_len + [pad_id] * (k - w.span_len) + w.suffix_ids
-        lo = s0 - p
-        ids[i, lo : lo + len(row)] = torch.tensor(row, dtype=torch.long)
-        # Real tokens get consecutive positions; the span's padding is skipped so the suffix sits right after it.
-        real = torch.ones(len(row), dtype=torch.bool)
-        real[p + w.span_len : p + k] = False
-        key_mask[i, lo : lo + len(row)] = real
-        pos = torch.cumsum(real.long(), 0) - 1
-        positions[i, lo : lo + len(row)] = pos.clamp_min(0)
-    return Layout(ids.to(device), positions.to(device), key_mask.to(device), s0, k)
+        span_pos = list(range(p, p + w.span_len)) + [p + w.span_len - 1] * (k - w.span_len)
+        suffix_pos = list(range(p + w.span_len, p + w.span_len + len(w.suffix_ids)))
+        lead = w.prefix_ids[p - shift :] if shift else []
+        lead_pos = list(range(p - len(lead), p))
+        head_ids = [pad_id] * (shift - len(lead)) + lead
+        head_pos = [0] * (shift - len(lead)) + lead_pos
+        head_real = [False] * (shift - len(lead)) + [True] * len(lead)
+        rest = w.prefix_ids[: p - len(lead)]
+        ids = head_ids + [mask_id] * w.span_len + [pad_id] * (k - w.span_len) + rest + w.suffix_ids
+        pos = head_pos + span_pos + list(range(len(rest))) + suffix_pos
+        real = head_real + [True] * w.span_len + [False] * (k - w.span_len) + [True] * (len(rest) + len(w.suffix_ids))
+        rows.append((ids, pos, real))
+    t = max(len(r[0]) for r in rows)
+    t = -(-t // bucket) * bucket
+    b = len(windows)
+    ids_t = torch.full((b, t), pad_id, dtype=torch.long)
+    pos_t = torch.zeros((b, t), dtype=torch.long)
+    mask_t = torch.zeros((b, t), dtype=torch.bool)
+    for i, (ids, pos, real) in enumerate(rows):
+        n = len(ids)
+        ids_t[i, :n] = torch.tensor(ids, dtype=torch.long)
+        pos_t[i, :n] = torch.tensor(pos, dtype=torch.long)
+        mask_t[i, :n] = torch.tensor(real, dtype=torch.bool)
+    return Layout(ids_t.to(device), pos_t.to(device), mask_t.to(device), shift, k)
 
 
 class Runner:
     """Runs a model over laid-out batches; thread-safe (one batch on the device at a time)."""
 
-    def __init__(self, model: DiffusionLM, tok: CodeTokenizer, device: torch.device, dtype: torch.dtype) -> None:
+    def __init__(self, model: DiffusionLM, tok: CodeTokenizer, device: torch.device, dtype: torch.dtype,
+                 cuda_graphs: bool = False) -> None:
+        """cuda_graphs: on a CUDA device, replay each step shape as a captured graph (engine.graphs)."""
         self.model = model.to(device=device, dtype=dtype).eval()
         self.tok = tok
         self.device = device
         self.dtype = dtype
         self.lock = threading.Lock()
         self.shift = model.cfg.logits_shift
+        self.graphs: GraphCache | None = None
+        if cuda_graphs and device.type == "cuda":
+            self.graphs = GraphCache(self.model, capture=True)
 
     @torch.inference_mode()
     def run(self, windows: list[Window], cfg: SamplerConfig, stop_ids: list[int], cache: bool = True,
             refresh_every: int = 4, cancel: threading.Event | None = None) -> tuple[SampleResult, float]:
         """Denoise every window's span; returns the result and the seconds spent on the device."""
-        tok = self.tok
-        lay = lay_out(windows, tok.mask_id, tok.pad_id, self.device)
-        s0, k = lay.span_start, lay.span_len
-        ids = lay.ids
-        # Block recomputed each cached step: the span, plus one position before it for shifted (Dream) logits.
-        lo = s0 - self.shift
-        state: dict[str, KVCache | None] = {"cache": None}
-
-        def predict(span: Tensor, step: int) -> Tensor:
-            ids[:, s0 : s0 + k] = span
-            if not cache or step % max(1, refresh_every) == 0 or state["cache"] is None:
-                hidden, kv = self.model(ids, positions=lay.positions, key_mask=lay.key_mask, fill_cache=cache,
-                                        hidden_only=True)  # [B, T, H]
-                state["cache"] = kv
-                return self.model.lm_head(hidden[:, lo : lo + k])  # [B, K, V]: the only rows the sampler reads
-            hidden, _ = self.model(ids[:, lo : s0 + k], positions=lay.positions[:, lo : s0 + k],
-                                   key_mask=lay.key_mask, cache=state["cache"], start=lo,
-                                   hidden_only=True)  # [B, K+shift, H]
-            return self.model.lm_head(hidden[:, :k])  # [B, K, V]
-
-        span = ids[:, s0 : s0 + k].clone()
         stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=self.device)
         with self.lock:
             t0 = time.perf_counter()
-            result = denoise(predict, span, tok.mask_id, stop, tok.end_id, cfg, cancel)
+            if self.graphs is not None:
+                try:
+                    result = self._denoise(windows, cfg, stop, cache, refresh_every, cancel, self.graphs)
+                except GraphUnavailable as exc:  # a capture that fails or disagrees: eager from now on, this fill included
+                    log.warning("CUDA graphs turned off, the engine runs eagerly: %s", exc)
+                    self.graphs = None
+                    torch.cuda.synchronize(self.device)
+            if self.graphs is None:
+                result = self._denoise(windows, cfg, stop, cache, refresh_every, cancel, None)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             seconds = time.perf_counter() - t0
         return result, seconds
+
+    def _denoise(self, windows: list[Window], cfg: SamplerConfig, stop: Tensor, cache: bool, refresh_every: int,
+                 cancel: threading.Event | None, graphs: GraphCache | None) -> SampleResult:
+        tok = self.tok
+        bucket = GRAPH_WIDTH_BUCKET if graphs is not None else LENGTH_BUCKET
+        lay = lay_out(windows, tok.mask_id, tok.pad_id, self.device, self.shift, bucket)
+        s0, k = lay.span_start, lay.span_len
+        refresh = max(1, refresh_every)
+        span = lay.ids[:, s0 : s0 + k].clone()
+        if graphs is not None:
+            steps = graphs.get(lay.ids.shape[0], lay.ids.shape[1], k, self.shift, cache)
+            static_ids = steps.load(lay.ids, lay.positions, lay.key_mask)
+
+            def predict_static(span: Tensor, step: int) -> Tensor:
+                static_ids[:, s0 : s0 + k] = span
+                return steps.step(full=step % refresh == 0)
+
+            return denoise(predict_static, span, tok.mask_id, stop, tok.end_id, cfg, cancel)
+
+        ids = lay.ids
+        state: dict[str, KVCache | None] = {"cache": None}
+
+        def predict(span: Tensor, step: int) -> Tensor:
+            # Span first: rows 0..K-1 predict the span (row 0 is the prefix's last token with shifted logits).
+            ids[:, s0 : s0 + k] = span
+            if not cache or step % refresh == 0 or state["cache"] is None:
+                hidden, kv = self.model(ids, positions=lay.positions, key_mask=lay.key_mask, fill_cache=cache,
+                                        hidden_only=True)  # [B, T, H]
+                state["cache"] = kv
+                return self.model.lm_head(hidden[:, :k])  # [B, K, V]: the only rows the sampler reads
+            hidden, _ = self.model(ids[:, : s0 + k], positions=lay.positions[:, : s0 + k], key_mask=lay.key_mask,
+                                   cache=state["cache"], start=0, hidden_only=True)  # [B, K+shift, H]
+            return self.model.lm_head(hidden[:, :k])  # [B, K, V]
+
+        return denoise(predict, span, tok.mask_id, stop, tok.end_id, cfg, cancel)

@@ -60,8 +60,9 @@ def test_block_step_matches_full_forward_on_the_span(runner: Runner, shift: int)
     """With a cache filled from the same ids, recomputing only the span gives the full pass's span logits."""
     model: DiffusionLM = runner.model
     w = build_window(runner.tok, PREFIX, SUFFIX, 12)
-    lay = lay_out([w], runner.tok.mask_id, runner.tok.pad_id, torch.device("cpu"))
+    lay = lay_out([w], runner.tok.mask_id, runner.tok.pad_id, torch.device("cpu"), shift)
     s0, k = lay.span_start, lay.span_len
+    assert s0 == shift
     with torch.no_grad():
         full, kv = model(lay.ids, positions=lay.positions, key_mask=lay.key_mask, fill_cache=True)
         lo = s0 - shift
@@ -127,3 +128,47 @@ def test_model_directory_carries_its_decoding_defaults(tiny_model_dir: Path, tmp
     (model / "engine.json").write_text(json.dumps({"stepz": 6}))
     with pytest.raises(CheckpointError, match="engine.json"):
         Engine.from_pretrained(model)
+
+
+def test_span_first_layout_keeps_each_token_in_its_place() -> None:
+    """Rows hold [shift][span][prefix][suffix][pad]; positions still count through prefix, span and suffix."""
+    from engine.window import Window
+
+    windows = [Window([11, 12, 13], 2, [21, 22], 0, 0), Window([31], 4, [], 0, 0)]
+    for shift in (0, 1):
+        lay = lay_out(windows, 99, 0, torch.device("cpu"), shift, bucket=16)
+        assert lay.span_start == shift and lay.span_len == 4 and lay.ids.shape == (2, 16)
+        for row, w in enumerate(windows):
+            real = lay.key_mask[row]
+            ids = lay.ids[row][real].tolist()
+            pos = lay.positions[row][real].tolist()
+            text = [i for _, i in sorted(zip(pos, ids))]
+            assert text == w.prefix_ids + [99] * w.span_len + w.suffix_ids
+            assert sorted(pos) == list(range(w.length))
+            span_pos = lay.positions[row, shift : shift + w.span_len].tolist()
+            assert span_pos == list(range(len(w.prefix_ids), len(w.prefix_ids) + w.span_len))
+            if shift:  # the token just before the span, whose output predicts the span's first token
+                assert lay.ids[row, 0].item() == w.prefix_ids[-1]
+
+
+@pytest.mark.parametrize("shift", [0, 1])
+def test_static_step_buffers_give_the_dynamic_path_fills(runner: Runner, shift: int) -> None:
+    """engine.graphs' fixed-shape steps (run eagerly here: capturing needs CUDA) fill exactly like the runner."""
+    from engine.graphs import GraphCache
+
+    windows = [build_window(runner.tok, PREFIX, SUFFIX, 12), build_window(runner.tok, "x = [", "]\n", 5)]
+    cfg = SamplerConfig(steps=6, min_tokens=3)
+    runner.shift = shift
+    try:
+        for cache, refresh in ((True, 4), (True, 1), (False, 1)):
+            runner.graphs = None
+            dynamic, _ = runner.run(windows, cfg, [runner.tok.end_id], cache=cache, refresh_every=refresh)
+            runner.graphs = GraphCache(runner.model, capture=False)
+            static, _ = runner.run(windows, cfg, [runner.tok.end_id], cache=cache, refresh_every=refresh)
+            assert torch.equal(static.span, dynamic.span) and static.lengths == dynamic.lengths
+            assert static.forward_passes == dynamic.forward_passes
+            entry = next(iter(runner.graphs.entries.values()))
+            assert entry.ids.shape[1] % 128 == 0  # the coarse width that keeps captured shapes few
+    finally:
+        runner.graphs = None
+        runner.shift = runner.model.cfg.logits_shift

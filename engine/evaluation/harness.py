@@ -207,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="auto")
     p.add_argument("--steps", type=int, default=0, help="denoising steps (default 0: the engine's, from the span)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
+    p.add_argument("--no-cuda-graphs", action="store_true", help="on a GPU, run each step eagerly (no captured graphs)")
     p.add_argument("--benchmarks", default=None,
                    help="directory holding human-eval-infilling/ and safim/ (default: the nearest shared/benchmarks "
                         "above the repository)")
@@ -264,7 +265,8 @@ def describe_run(engine: Any, args: argparse.Namespace, specs: list[TaskSetSpec]
         "dtype": str(engine.runner.dtype).replace("torch.", ""),
         "decoding": {"greedy": True, "steps": args.steps or "engine default", "order": c.order,
                      "threshold": c.threshold, "cache": c.cache, "refresh_every": c.refresh_every,
-                     "window": c.window, "max_span": c.max_span, "batch_size": args.batch_size},
+                     "window": c.window, "max_span": c.max_span, "batch_size": args.batch_size,
+                     "cuda_graphs": engine.runner.graphs is not None},
         "selection": selection,
         "execution": {"python": f"{sys.executable} -I", "timeout_s": args.timeout, "memory_mb": args.memory_mb,
                       "workers": args.workers},
@@ -338,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
     from engine.api import Engine
 
     settings: dict[str, Any] = {"threads": args.threads} if args.threads else {}
+    if args.no_cuda_graphs:
+        settings["cuda_graphs"] = False
     engine = Engine.from_pretrained(args.model, device=args.device, dtype=args.dtype, **settings)
     engine.fill("def f(x):\n    return ", "\n", max_tokens=8)  # warm-up, not timed
     run = describe_run(engine, args, specs, bench)
