@@ -17,10 +17,17 @@ from engine.config import ModelConfig
 def _eval_rows(summaries: list[dict]) -> list[str]:
     rows = []
     for summary in summaries:
+        steps = summary.get("decoding", {}).get("steps")
+        how = f", `--steps {steps}`" if isinstance(steps, int) else ""
         for name, s in summary.get("results", {}).items():
-            rows.append(f"| {name} | {s['n']} | {s['pass_at_1']:.2f} | {s['exact']:.2f} | "
+            rows.append(f"| {name}{how} | {s['n']} | {s['pass_at_1']:.2f} | {s['exact']:.2f} | "
                         f"{s['empty']:.2f} | {s['median_latency_ms']} |")
     return rows
+
+
+def _one_line(text: str) -> str:
+    """A license field's first line (some packages put their whole license text in it)."""
+    return next((line.strip() for line in text.splitlines() if line.strip()), text.strip())
 
 
 def render(model: Path, sources: list[dict], summaries: list[dict], notes: str) -> str:
@@ -66,7 +73,7 @@ def render(model: Path, sources: list[dict], summaries: list[dict], notes: str) 
     lines += ["", "## Data", "",
               "Python source files, de-duplicated, test directories left out; 1% of files held out for validation."
               " Never the benchmarks.", "", "| source | license | files |", "| --- | --- | --- |"]
-    lines += [f"| {s['name']} | {s['license']} | {s['files']} |" for s in sources]
+    lines += [f"| {s['name']} | {_one_line(s['license'])} | {s['files']} |" for s in sources]
     lines += ["", "## Evaluation", ""]
     rows = _eval_rows(summaries)
     if rows:
