@@ -14,10 +14,10 @@
 # What comes back ($OUT): model-0000N-of-0000M.safetensors (the trained weights, bf16, each under 16 MiB) and
 # meta.tar (model/: config.json, model.safetensors.index.json, tokenizer.json, training.json; run.json, train.log;
 # data/: sources.json (every training source with its license) and extend.json, when the run added the device's
-# installed packages to the data; eval/: summary.json and tasks.jsonl.gz, the new model on HumanEval-Infilling
-# single-line on the GPU; bench/: device.json, device.log, device.png). Here, afterwards:
+# installed packages to the data; eval/: summary-SET.json and tasks-SET.jsonl.gz per task set, the new model on
+# HumanEval-Infilling on the GPU (EVAL_TASKS); bench/: device.json, device.log, device.png). Here, afterwards:
 #   rm -rf /tmp/session && mkdir -p /tmp/session && tar -xf FILES_AT/meta.tar -C /tmp/session
-#   cat /tmp/session/run.json /tmp/session/eval/summary.json       # did the loss and pass@1 improve?
+#   cat /tmp/session/run.json /tmp/session/eval/summary-*.json      # did the loss and pass@1 improve?
 #   rm engine/models/codefill-base/model*.safetensors* && cp FILES_AT/*.safetensors \
 #     /tmp/session/model/{config,model.safetensors.index,tokenizer,training}.json engine/models/codefill-base/
 # (see the AFTER notes in training/device_train.sh for the evaluation that decides the default model).
@@ -39,7 +39,7 @@ pack() {  # everything small into one tar, the weight shards beside it
   local files=()
   cd "$work"
   for f in model/config.json model/model.safetensors.index.json model/tokenizer.json model/training.json \
-           run.json train.log data/sources.json data/extend.json eval/summary.json eval/tasks.jsonl.gz \
+           run.json train.log data/sources.json data/extend.json eval/*.json eval/*.jsonl.gz \
            bench/device.json bench/device.log bench/device.png; do
     if [ -f "$f" ]; then files+=("$f"); fi
   done
@@ -58,19 +58,21 @@ train_rc=${PIPESTATUS[0]}
 pack
 echo "== training exit status $train_rc after $(( SECONDS - start )) s"
 
-# The new model on HumanEval-Infilling single-line, on the GPU (the benchmark travels in gpu_data/benchmarks/,
-# 0.4 MiB: cp -r ../shared/benchmarks/human-eval-infilling gpu_data/benchmarks/); EVAL=0 skips it.
+# The new model on HumanEval-Infilling, one task set after another (EVAL_TASKS, default single-line then
+# multi-line), each in its own call so that a set cut short by the clock costs only itself; the benchmark travels in
+# gpu_data/benchmarks/ (0.4 MiB: cp -r ../shared/benchmarks/human-eval-infilling gpu_data/benchmarks/). EVAL=0 skips.
 if [ "${EVAL:-1}" = 1 ] && [ -d gpu_data/benchmarks/human-eval-infilling ] && [ -f "$work/model/config.json" ]; then
-  eval_s=$(( TOTAL_S - (SECONDS - start) - 75 ))  # the benchmark keeps at least a minute
-  if [ "$eval_s" -ge 45 ]; then
-    echo "== evaluating the new model (at most $eval_s s)"
-    mkdir -p "$work/eval"
+  mkdir -p "$work/eval"
+  for set in $(echo "${EVAL_TASKS:-single-line,multi-line}" | tr ',' ' '); do
+    eval_s=$(( TOTAL_S - (SECONDS - start) - 75 ))  # the benchmark keeps at least a minute
+    if [ "$eval_s" -lt 45 ]; then echo "== no time left to evaluate $set"; break; fi
+    echo "== evaluating the new model on $set (at most $eval_s s)"
     timeout -k 10 "$eval_s" "${PYTHON:-python3}" -m engine.cli eval --model "$work/model" --device "${EVAL_DEVICE:-cuda}" ${EVAL_ARGS:-} \
-      --benchmarks gpu_data/benchmarks --tasks "${EVAL_TASKS:-single-line}" --batch-size 16 --workers 12 --quiet \
-      --summary-json "$work/eval/summary.json" --out "$work/eval/tasks.jsonl" 2>&1 | tail -n 6
-    gzip -f "$work/eval/tasks.jsonl" 2>/dev/null
+      --benchmarks gpu_data/benchmarks --tasks "$set" --batch-size 16 --workers 12 --quiet \
+      --summary-json "$work/eval/summary-$set.json" --out "$work/eval/tasks-$set.jsonl" 2>&1 | tail -n 4
+    gzip -f "$work/eval/tasks-$set.jsonl" 2>/dev/null
     pack
-  fi
+  done
 fi
 
 left=$(( TOTAL_S - (SECONDS - start) - 15 ))
