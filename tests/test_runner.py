@@ -172,3 +172,15 @@ def test_static_step_buffers_give_the_dynamic_path_fills(runner: Runner, shift: 
     finally:
         runner.graphs = None
         runner.shift = runner.model.cfg.logits_shift
+
+
+def test_freed_memory_is_kept_on_glibc() -> None:
+    import sys
+
+    from engine.runner import retain_freed_memory
+
+    kept = retain_freed_memory()
+    if sys.platform.startswith("linux") and "glibc" in " ".join(__import__("platform").libc_ver()):
+        assert kept
+    else:
+        assert kept in (True, False)
