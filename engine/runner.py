@@ -13,9 +13,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from engine.model import DiffusionLM, KVCache
 from engine.graphs import GraphCache, GraphUnavailable
-from engine.sampler import SampleResult, SamplerConfig, denoise
+from engine.model import DiffusionLM, KVCache
+from engine.sampler import SamplerConfig, SampleResult, denoise
 from engine.tokenizer import CodeTokenizer
 from engine.window import Window
 
