@@ -173,7 +173,7 @@ def build_model(name: str, device: torch.device, dtype: torch.dtype, smoke: bool
 
 def make_workload(tok: Any, vocab: int, batch: int, k: int, window: int, device: torch.device) -> Workload:
     """Windows of real code around batch holes; the engine's own layout when its tokenizer is there, else byte
-    ids laid out the same way (prefix two thirds, then k masks, then the suffix)."""
+    ids laid out the same way (k masks first, then a prefix of two thirds of the rest and the suffix)."""
     texts = holes(code_text(), batch)
     if tok is not None:
         from engine.runner import lay_out
@@ -189,10 +189,12 @@ def make_workload(tok: Any, vocab: int, batch: int, k: int, window: int, device:
         p_len = budget * 2 // 3
         pre = [[2 + b for b in h.prefix.encode()][-p_len:] for h in texts]
         suf = [[2 + b for b in h.suffix.encode()][: budget - p_len] for h in texts]
-        ids = torch.tensor([p + [mask_id] * k + s for p, s in zip(pre, suf)], device=device)
+        # Span first, like engine.runner.lay_out: the positions say where each token sits in the text.
+        ids = torch.tensor([[mask_id] * k + p + s for p, s in zip(pre, suf)], device=device)
         t = ids.shape[1]
-        lay = SimpleLayout(ids, torch.arange(t, device=device).expand(batch, t).contiguous(),
-                           torch.ones(batch, t, dtype=torch.bool, device=device), p_len, k)
+        order = list(range(p_len, p_len + k)) + list(range(p_len)) + list(range(p_len + k, t))
+        positions = torch.tensor(order, device=device).expand(batch, t).contiguous()
+        lay = SimpleLayout(ids, positions, torch.ones(batch, t, dtype=torch.bool, device=device), 0, k)
         rows = [s + p for p, s in zip(pre, suf)]
     length = min(len(r) for r in rows)
     prompt = torch.tensor([r[-length:] for r in rows], dtype=torch.long, device=device) % vocab

@@ -19,9 +19,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from engine.model import DiffusionLM, KVCache
+from engine.graphs import StepGraphs
+from engine.model import DiffusionLM
 
-# Only torch and engine.model here: a bare GPU machine may lack the tokenizers library that engine.runner needs.
+# Only torch, engine.model and engine.graphs here: a bare GPU machine may lack the tokenizers library that
+# engine.runner needs.
 
 
 class StaticDenoiser:
@@ -35,11 +37,10 @@ class StaticDenoiser:
     def __init__(self, model: DiffusionLM, lay: Any, steps: int, mask_id: int, stop_ids: list[int],
                  end_penalty: float = 1e4, cache: bool = True, refresh_every: int = 4, mode: str = "eager",
                  backend: str = "inductor") -> None:
-        """lay: an engine.runner.Layout, or anything with its ids, positions, key_mask, span_start, span_len."""
+        """lay: an engine.runner.Layout (span first), or anything with its fields laid out the same way."""
         self.model = model
         self.s0, self.k = lay.span_start, lay.span_len
         self.shift = model.cfg.logits_shift
-        self.lo = self.s0 - self.shift
         self.steps = steps
         self.mask_id = mask_id
         self.end_penalty = end_penalty
@@ -47,21 +48,16 @@ class StaticDenoiser:
         self.refresh_every = max(1, refresh_every)
         self.mode = mode
         dev = lay.ids.device
+        b, t = lay.ids.shape
+        # The forward passes on static buffers are the engine's own (engine.graphs); this class adds the commit.
+        self.fwd = StepGraphs(model, b, t, self.k, self.shift, cache, capture=False)
         self.start_ids = lay.ids.clone()  # [B, T]
-        self.ids = lay.ids.clone()  # [B, T]: the static buffer every step reads and writes
-        self.positions = lay.positions
-        self.key_mask = lay.key_mask
+        self.ids = self.fwd.load(lay.ids, lay.positions, lay.key_mask)  # [B, T]: the buffer every step reads and writes
         vocab = model.cfg.vocab_size
         self.stop_cols = torch.tensor(sorted(i for i in set(stop_ids) if i < vocab), dtype=torch.long, device=dev)
         self.lefts = torch.arange(steps, 0, -1, device=dev)  # [steps]: steps left, per step
         self.left = self.lefts[:1].clone()  # [1] static
-        self.rank_src = torch.arange(self.k, device=dev).expand(lay.ids.shape[0], self.k)  # [B, K]
-        cfg = model.cfg
-        b, t = lay.ids.shape
-        p = model.embed_tokens.weight
-        kv_shape = (b, cfg.num_kv_heads, t, cfg.head_dim)
-        self.keys = [torch.zeros(kv_shape, dtype=p.dtype, device=dev) for _ in model.layers]
-        self.values = [torch.zeros(kv_shape, dtype=p.dtype, device=dev) for _ in model.layers]
+        self.rank_src = torch.arange(self.k, device=dev).expand(b, self.k)  # [B, K]
         self.full_fn: Callable[[], None] = self._full_step
         self.block_fn: Callable[[], None] = self._block_step
         self.graphs: dict[str, Any] = {}
@@ -88,21 +84,12 @@ class StaticDenoiser:
         self.ids[:, s0 : s0 + k] = torch.where(commit, pred, span)
 
     def _full_step(self) -> None:
-        """Forward over the whole window; refreshes the context cache when caching."""
-        hidden, kv = self.model(self.ids, positions=self.positions, key_mask=self.key_mask, fill_cache=self.cache,
-                                hidden_only=True)  # [B, T, H]
-        if kv is not None:
-            for i in range(len(self.keys)):
-                self.keys[i].copy_(kv.keys[i])
-                self.values[i].copy_(kv.values[i])
-        self._commit(self.model.lm_head(hidden[:, self.lo : self.lo + self.k]))
+        """Forward over the whole window (refreshing the context cache when caching), then commit."""
+        self._commit(self.fwd.full())
 
     def _block_step(self) -> None:
-        """Forward over the span only, against the cached context."""
-        s0, k, lo = self.s0, self.k, self.lo
-        logits, _ = self.model(self.ids[:, lo : s0 + k], positions=self.positions[:, lo : s0 + k],
-                               key_mask=self.key_mask, cache=KVCache(self.keys, self.values), start=lo)
-        self._commit(logits[:, :k])
+        """Forward over the span only, against the cached context, then commit."""
+        self._commit(self.fwd.block())
 
     # -- the loop -------------------------------------------------------------------------------------------------
 

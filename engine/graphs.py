@@ -53,7 +53,8 @@ class StepGraphs:
 
     # -- the two steps, reading and writing only the static buffers ---------------------------------------------
 
-    def _full(self) -> Tensor:
+    def full(self) -> Tensor:
+        """The whole-window step, eagerly: refreshes the cache (when caching), returns the span's logits."""
         hidden, kv = self.model(self.ids, positions=self.positions, key_mask=self.key_mask, fill_cache=self.cache,
                                 hidden_only=True)  # [B, T, H]
         if kv is not None:
@@ -62,7 +63,8 @@ class StepGraphs:
                 self.values[i].copy_(kv.values[i])
         return self.model.lm_head(hidden[:, : self.k])  # [B, K, V]: rows 0..K-1 predict the span (span first)
 
-    def _block(self) -> Tensor:
+    def block(self) -> Tensor:
+        """The span step, eagerly: the span (and the shift row) against the cached context."""
         end = self.shift + self.k
         hidden, _ = self.model(self.ids[:, :end], positions=self.positions[:, :end], key_mask=self.key_mask,
                                cache=KVCache(self.keys, self.values), start=0, hidden_only=True)  # [B, K+shift, H]
@@ -80,7 +82,7 @@ class StepGraphs:
     def step(self, full: bool) -> Tensor:
         """Logits [B, K, V] of the span for the ids now in the static buffer (a whole-window or a span step)."""
         name = "full" if full or not self.cache else "block"
-        fn = self._full if name == "full" else self._block
+        fn = self.full if name == "full" else self.block
         if not self.capture:
             return fn()
         if name not in self.graphs:
