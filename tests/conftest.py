@@ -35,6 +35,24 @@ def write_tiny_model(out: Path, seed: int = 0, vocab: int = 400) -> Path:
     return out
 
 
+def write_distribution(root: Path, name: str, files: dict[str, str], metadata: str = "") -> None:
+    """An installed distribution as pip leaves it in root: its files and a .dist-info with METADATA and RECORD
+    (`metadata`: extra METADATA lines, e.g. "License: MIT")."""
+    info = root / f"{name.replace('-', '_')}-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n{metadata}\n")
+    for rel, text in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    (info / "RECORD").write_text("".join(f"{rel},,\n" for rel in files) + f"{info.name}/RECORD,,\n")
+
+
+@pytest.fixture(scope="session")
+def fake_distribution():  # type: ignore[no-untyped-def]
+    """write_distribution, for tests that build a fake site-packages."""
+    return write_distribution
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real (tiny, untrained) model directory: for plumbing tests, not for quality."""

@@ -29,19 +29,8 @@ CODE = "".join(f"def f{i}(a, b):\n    return a + b * {i}\n\n" for i in range(40)
 WINDOW = 32
 
 
-def fake_distribution(root: Path, name: str, files: dict[str, str]) -> None:
-    """An installed distribution in root: its files and a .dist-info with METADATA and RECORD."""
-    info = root / f"{name.replace('-', '_')}-1.0.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
-    for rel, text in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text(text)
-    (info / "RECORD").write_text("".join(f"{rel},,\n" for rel in files) + f"{info.name}/RECORD,,\n")
-
-
 @pytest.fixture
-def site(tmp_path: Path) -> Path:
+def site(tmp_path: Path, fake_distribution) -> Path:  # type: ignore[no-untyped-def]
     """A site-packages with one held-out project, one trained project and codefill itself."""
     root = tmp_path / "site-packages"
     fake_distribution(root, "Fake_Pkg", {

@@ -222,29 +222,19 @@ def test_cli_train_exports_a_loadable_sharded_model(tiny_data: Path, tmp_path: P
     assert summary2["init_from"] == str(out)
 
 
-def _fake_site(root: Path, name: str, license_line: str, files: dict[str, str]) -> None:
-    """An installed distribution as pip leaves it: the files, and a dist-info with METADATA and RECORD."""
-    info = root / f"{name}-1.0.dist-info"
-    info.mkdir(parents=True)
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n{license_line}\n")
-    for rel, text in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text(text)
-    (info / "RECORD").write_text("".join(f"{rel},,\n" for rel in files) + f"{info.name}/METADATA,,\n")
-
-
-def test_extend_adds_permissive_installed_packages_to_the_carried_data(tiny_data: Path, tmp_path: Path) -> None:
+def test_extend_adds_permissive_installed_packages_to_the_carried_data(  # type: ignore[no-untyped-def]
+        tiny_data: Path, tmp_path: Path, fake_distribution) -> None:
     from training.device_data import extend
 
     site = tmp_path / "site"
     code = "def scale(values, factor):\n    return [v * factor for v in values]\n"
-    _fake_site(site, "permissive_pkg", "License: MIT", {
+    fake_distribution(site, "permissive_pkg", {
         "permissive_pkg/__init__.py": code,
         "permissive_pkg/core.py": "class Box:\n    def __init__(self, item):\n        self.item = item\n",
         "permissive_pkg/tests/test_core.py": "def test_box():\n    assert True\n",  # tests stay out
-    })
-    _fake_site(site, "copyleft_pkg", "License: GPL-3.0", {"copyleft_pkg/__init__.py": "x = compute(1, 2)\n"})
-    _fake_site(site, "already_carried", "License: MIT", {"already_carried/a.py": "y = transform(3, 4)\n"})
+    }, "License: MIT")
+    fake_distribution(site, "copyleft_pkg", {"copyleft_pkg/__init__.py": "x = compute(1, 2)\n"}, "License: GPL-3.0")
+    fake_distribution(site, "already_carried", {"already_carried/a.py": "y = transform(3, 4)\n"}, "License: MIT")
     (tiny_data / "sources.json").write_text(json.dumps([{"name": "Already-Carried", "license": "MIT", "files": "1"}]))
     out = tmp_path / "out"
     report = extend(tiny_data, out, workers=1, path=[str(site)])
