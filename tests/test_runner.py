@@ -184,3 +184,15 @@ def test_freed_memory_is_kept_on_glibc() -> None:
         assert kept
     else:
         assert kept in (True, False)
+
+
+def test_graph_cache_keeps_the_last_shapes(runner: Runner) -> None:
+    from engine.graphs import GraphCache
+
+    cache = GraphCache(runner.model, capture=False, keep=2)
+    a = cache.get(1, 128, 8, 0, True)
+    cache.get(2, 128, 8, 0, True)
+    assert cache.get(1, 128, 8, 0, True) is a  # reused, and now the most recent
+    cache.get(4, 128, 8, 0, True)  # evicts the (2, ...) entry, the least recently used
+    assert list(cache.entries) == [(1, 128, 8, 0, True), (4, 128, 8, 0, True)]
+    assert a.ids.shape == (1, 128) and a.keys[0].shape[2] == 128
