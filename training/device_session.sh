@@ -61,6 +61,8 @@ echo "== training exit status $train_rc after $(( SECONDS - start )) s"
 # The new model on HumanEval-Infilling, one task set after another (EVAL_TASKS, default single-line then
 # multi-line), each in its own call so that a set cut short by the clock costs only itself; the benchmark travels in
 # gpu_data/benchmarks/ (0.4 MiB: cp -r ../shared/benchmarks/human-eval-infilling gpu_data/benchmarks/). EVAL=0 skips.
+# Batches of EVAL_BATCH (64) fills: a small model's step on a GPU costs about the same at batch 16 or 64 (the last
+# session's single-line run at 16 took ~0.6 s a batch), so bigger batches are what lets multi-line fit.
 if [ "${EVAL:-1}" = 1 ] && [ -d gpu_data/benchmarks/human-eval-infilling ] && [ -f "$work/model/config.json" ]; then
   mkdir -p "$work/eval"
   for set in $(echo "${EVAL_TASKS:-single-line,multi-line}" | tr ',' ' '); do
@@ -68,7 +70,7 @@ if [ "${EVAL:-1}" = 1 ] && [ -d gpu_data/benchmarks/human-eval-infilling ] && [ 
     if [ "$eval_s" -lt 45 ]; then echo "== no time left to evaluate $set"; break; fi
     echo "== evaluating the new model on $set (at most $eval_s s)"
     timeout -k 10 "$eval_s" "${PYTHON:-python3}" -m engine.cli eval --model "$work/model" --device "${EVAL_DEVICE:-cuda}" ${EVAL_ARGS:-} \
-      --benchmarks gpu_data/benchmarks --tasks "$set" --batch-size 16 --workers 12 --quiet \
+      --benchmarks gpu_data/benchmarks --tasks "$set" --batch-size "${EVAL_BATCH:-64}" --workers 12 --quiet \
       --summary-json "$work/eval/summary-$set.json" --out "$work/eval/tasks-$set.jsonl" 2>&1 | tail -n 4
     gzip -f "$work/eval/tasks-$set.jsonl" 2>/dev/null
     pack
