@@ -109,7 +109,7 @@ class Engine:
             steps=req.steps if req.steps is not None else c.steps,
             order=c.order, threshold=c.threshold, block=c.block,
             temperature=req.temperature or c.temperature, seed=req.seed, end_penalty=c.end_penalty,
-            min_tokens=c.min_tokens, confident=c.confident,
+            min_tokens=c.min_tokens,
             tokens_per_step=c.tokens_per_step or (4 if self.runner.device.type == "cpu" else 2),
         )
 

@@ -92,7 +92,6 @@ class EngineConfig:
     tokens_per_step: int = 0  # what steps=0 aims at; 0: 4 on the CPU, 2 on a GPU
     order: str = "confidence"  # confidence, margin, entropy
     threshold: float = 0.0  # > 0: commit every masked position above this confidence (at least one per step)
-    confident: float = 0.0  # > 0: on top of the step schedule, commit every position at least this confident
     temperature: float = 0.0
     end_penalty: float = 0.0  # subtracted from the end token's logit
     block: int = 0  # > 0: only the first `block` still-masked positions may be committed (semi-autoregressive)

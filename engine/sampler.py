@@ -32,7 +32,6 @@ class SamplerConfig:
     seed: int | None = None
     end_penalty: float = 0.0  # subtracted from the end tokens' logits
     min_tokens: int = 1  # positions before this index may not end the fill
-    confident: float = 0.0  # > 0: besides the scheduled positions, commit every live one at least this confident
 
     def validate(self) -> None:
         """Raise ValueError on an impossible setting."""
@@ -42,8 +41,8 @@ class SamplerConfig:
             raise ValueError("steps, block and min_tokens must not be negative")
         if self.tokens_per_step < 1:
             raise ValueError("tokens_per_step must be at least 1")
-        if not 0.0 <= self.threshold < 1.0 or not 0.0 <= self.confident < 1.0:
-            raise ValueError("threshold and confident must be in [0, 1)")
+        if not 0.0 <= self.threshold < 1.0:
+            raise ValueError("threshold must be in [0, 1)")
         if self.temperature < 0:
             raise ValueError("temperature must not be negative")
 
@@ -141,9 +140,6 @@ def denoise(
             n_commit = ((conf > cfg.threshold) & live).sum(1).clamp_min(1)
         else:
             n_commit = torch.div(n_live + left - 1, left, rounding_mode="floor").clamp_min(1)  # ceil
-            if cfg.confident > 0:  # confident positions go early, so a fill can finish in fewer steps
-                conf = probs.gather(-1, pred.unsqueeze(-1)).squeeze(-1)
-                n_commit = torch.maximum(n_commit, ((conf >= cfg.confident) & live).sum(1))
         order = score.argsort(dim=1, descending=True)  # [B, K]
         rank = torch.empty_like(order)
         rank.scatter_(1, order, positions.expand(b, k))

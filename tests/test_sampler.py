@@ -124,20 +124,3 @@ def test_bad_settings_are_rejected() -> None:
         SamplerConfig(order="random").validate()
     assert default_steps(8) == 4 and default_steps(128) == 32
     assert default_steps(32, tokens_per_step=2) == 16 and default_steps(128, tokens_per_step=2) == 64
-
-
-def test_confident_positions_commit_early_and_the_fill_finishes_sooner() -> None:
-    target = [5, 6, 7, 8, 9, 10, 11, 12]
-    conf = [0.95, 0.95, 0.95, 0.95, 0.95, 0.95, 0.4, 0.5]
-    scheduled = FakeModel(target, conf)
-    assert run(scheduled, 8, steps=8, min_tokens=0) == (target, 8, 8)  # one a step
-    eager = FakeModel(target, conf)
-    span, length, passes = run(eager, 8, steps=8, min_tokens=0, confident=0.9)
-    assert span == target and length == 8
-    assert (eager.calls[1][0] == MASK).tolist() == [False] * 6 + [True, True]  # all six confident ones at once
-    assert passes == 3  # then the two unsure ones, one a step (the schedule's floor)
-
-
-def test_confident_must_be_a_probability() -> None:
-    with pytest.raises(ValueError):
-        run(FakeModel([5]), 1, confident=1.0)
