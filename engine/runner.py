@@ -62,8 +62,8 @@ def retain_freed_memory() -> bool:
 
     A CPU forward pass allocates and frees the same activation buffers every step; by default glibc serves large
     ones with fresh mmap()s, so each step pays page faults on memory it just released. Keeping them cut a one-line
-    fill (32 tokens) from 328 to 304 ms median on our 2-core CPU (README, Speed). Returns
-    whether the setting took (False off glibc, where nothing changes).
+    fill (32 tokens) from 328 to 304 ms median on our 2-core CPU (README, Speed). Returns whether the setting took
+    (False off glibc, where nothing changes).
     """
     if not sys.platform.startswith("linux"):
         return False
