@@ -45,6 +45,7 @@ class Fill:
     seconds: float
     span_len: int = 0
     cut: dict[str, int] = field(default_factory=dict)  # prefix_chars / suffix_chars left out of the window
+    ended: bool = True  # the model ended the fill (end token or, single-line, line break) before its budget ran out
 
 
 def resolve_model_path(name: str | Path | None) -> Path:
@@ -121,9 +122,33 @@ class Engine:
         return self.fill_batch([req])[0]
 
     def fill_batch(self, requests: list[FillRequest]) -> list[Fill]:
-        """Fill several holes in one pass of forward calls; requests must share steps, temperature and mode."""
+        """Fill several holes in one pass of forward calls; requests must share steps, temperature and mode.
+
+        Single-line fills with the default step count are made in two stages: first with a budget of
+        config.line_stage tokens, then, only for lines the model has not ended by then, the rest of the budget
+        after what was written. Most lines are short, so most fills cost half the steps of the whole budget.
+        """
         if not requests:
             return []
+        stage = self.config.line_stage
+        if not (stage > 0 and requests[0].single_line and not requests[0].steps and not self.config.steps):
+            return self._fill_batch(requests)
+        fills = self._fill_batch([dataclasses.replace(r, max_tokens=min(r.max_tokens, stage)) for r in requests])
+        going = [i for i, (r, f) in enumerate(zip(requests, fills)) if not f.ended and r.max_tokens > len(f.tokens)]
+        if going:
+            rest = self._fill_batch([dataclasses.replace(requests[i], prefix=requests[i].prefix + fills[i].text,
+                                                         max_tokens=requests[i].max_tokens - len(fills[i].tokens))
+                                     for i in going])
+            for i, more in zip(going, rest):
+                f = fills[i]
+                fills[i] = Fill(text=f.text + more.text, tokens=f.tokens + more.tokens,
+                                forward_passes=f.forward_passes + more.forward_passes,
+                                seconds=f.seconds + more.seconds, span_len=f.span_len + more.span_len, cut=f.cut,
+                                ended=more.ended)
+        return fills
+
+    def _fill_batch(self, requests: list[FillRequest]) -> list[Fill]:
+        """One batch of forward calls for the requests as they are."""
         tok = self.tokenizer
         c = self.config
         windows = []
@@ -144,7 +169,8 @@ class Engine:
             ids = [int(t) for t in result.span[i, :n].tolist()]
             fills.append(Fill(text=tok.decode(ids), tokens=ids, forward_passes=result.forward_passes,
                               seconds=seconds, span_len=w.span_len,
-                              cut={"prefix_chars": w.prefix_cut_chars, "suffix_chars": w.suffix_cut_chars}))
+                              cut={"prefix_chars": w.prefix_cut_chars, "suffix_chars": w.suffix_cut_chars},
+                              ended=result.lengths[i] < w.span_len))
         return fills
 
 

@@ -96,6 +96,7 @@ class EngineConfig:
     end_penalty: float = 0.0  # subtracted from the end token's logit
     block: int = 0  # > 0: only the first `block` still-masked positions may be committed (semi-autoregressive)
     min_tokens: int = 1  # a fill may not end before this many tokens
+    line_stage: int = 16  # single-line fills: this many tokens first, the rest of the budget only if the line goes on
     cache: bool = True  # reuse the context's keys and values between refreshes
     refresh_every: int = 4  # recompute the whole window every N steps
     threads: int = 0  # CPU threads for torch; 0: auto (see runner.pick_threads)

@@ -196,3 +196,37 @@ def test_graph_cache_keeps_the_last_shapes(runner: Runner) -> None:
     cache.get(4, 128, 8, 0, True)  # evicts the (2, ...) entry, the least recently used
     assert list(cache.entries) == [(1, 128, 8, 0, True), (4, 128, 8, 0, True)]
     assert a.ids.shape == (1, 128) and a.keys[0].shape[2] == 128
+
+
+def test_single_line_fills_go_in_two_stages_only_when_the_line_goes_on(tiny_model_dir: Path) -> None:
+    from engine.api import Fill
+
+    eng = Engine.from_pretrained(tiny_model_dir, line_stage=4)
+    calls: list[list[FillRequest]] = []
+
+    def fake(requests: list[FillRequest]) -> list[Fill]:
+        calls.append(requests)
+        if len(calls) == 1:  # the first stage: one line ends, the other uses its whole budget of 4
+            return [Fill("x", [7], 2, 0.1, 4, ended=True), Fill("ab", [1, 2, 3, 4], 2, 0.1, 4, ended=False)]
+        return [Fill("cd", [5], 3, 0.2, 28, ended=True)]
+
+    eng._fill_batch = fake  # type: ignore[method-assign]
+    reqs = [FillRequest("p1", "s1", 32, single_line=True), FillRequest("p2", "s2", 32, single_line=True)]
+    done, goes_on = eng.fill_batch(reqs)
+    assert [r.max_tokens for r in calls[0]] == [4, 4]
+    assert len(calls) == 2 and calls[1][0].prefix == "p2ab" and calls[1][0].max_tokens == 28
+    assert done.text == "x" and done.forward_passes == 2
+    assert goes_on.text == "abcd" and goes_on.tokens == [1, 2, 3, 4, 5] and goes_on.forward_passes == 5
+    assert goes_on.ended and goes_on.seconds == pytest.approx(0.3)
+
+    calls.clear()  # explicit steps, or a multi-line fill: one stage with the whole budget
+    eng.fill_batch([FillRequest("p", "s", 32, single_line=True, steps=8)])
+    eng.fill_batch([FillRequest("p", "s", 32, single_line=False)])
+    assert [[r.max_tokens for r in c] for c in calls] == [[32], [32]]
+
+
+def test_two_stage_fill_stays_within_budget_with_a_real_model(tiny_model_dir: Path) -> None:
+    eng = Engine.from_pretrained(tiny_model_dir, line_stage=4)
+    f = eng.fill("def f(x):\n    return ", "\n", 12, single_line=True)
+    assert len(f.tokens) <= 12 and "\n" not in f.text
+    assert f.forward_passes >= 1
