@@ -124,14 +124,15 @@ class Engine:
     def fill_batch(self, requests: list[FillRequest]) -> list[Fill]:
         """Fill several holes in one pass of forward calls; requests must share steps, temperature and mode.
 
-        Single-line fills with the default step count are made in two stages: first with a budget of
-        config.line_stage tokens, then, only for lines the model has not ended by then, the rest of the budget
-        after what was written. Most lines are short, so most fills cost half the steps of the whole budget.
+        With the default step count, fills are made in two stages: first with a budget of config.line_stage
+        tokens (single-line) or config.block_stage (multi-line), then, only for fills the model has not ended by
+        then, the rest of the budget after what was written. Most fills are short, so most cost a fraction of the
+        steps of the whole budget.
         """
         if not requests:
             return []
-        stage = self.config.line_stage
-        if not (stage > 0 and requests[0].single_line and not requests[0].steps and not self.config.steps):
+        stage = self.config.line_stage if requests[0].single_line else self.config.block_stage
+        if not (stage > 0 and not requests[0].steps and not self.config.steps):
             return self._fill_batch(requests)
         fills = self._fill_batch([dataclasses.replace(r, max_tokens=min(r.max_tokens, stage)) for r in requests])
         going = [i for i, (r, f) in enumerate(zip(requests, fills)) if not f.ended and r.max_tokens > len(f.tokens)]

@@ -97,6 +97,7 @@ class EngineConfig:
     block: int = 0  # > 0: only the first `block` still-masked positions may be committed (semi-autoregressive)
     min_tokens: int = 1  # a fill may not end before this many tokens
     line_stage: int = 16  # single-line fills: this many tokens first, the rest of the budget only if the line goes on
+    block_stage: int = 32  # the same for multi-line fills (0: one stage)
     cache: bool = True  # reuse the context's keys and values between refreshes
     refresh_every: int = 4  # recompute the whole window every N steps
     threads: int = 0  # CPU threads for torch; 0: auto (see runner.pick_threads)

@@ -219,10 +219,13 @@ def test_single_line_fills_go_in_two_stages_only_when_the_line_goes_on(tiny_mode
     assert goes_on.text == "abcd" and goes_on.tokens == [1, 2, 3, 4, 5] and goes_on.forward_passes == 5
     assert goes_on.ended and goes_on.seconds == pytest.approx(0.3)
 
-    calls.clear()  # explicit steps, or a multi-line fill: one stage with the whole budget
+    calls.clear()  # explicit steps: one stage with the whole budget; multi-line: block_stage first
     eng.fill_batch([FillRequest("p", "s", 32, single_line=True, steps=8)])
+    eng.config.block_stage = 0
     eng.fill_batch([FillRequest("p", "s", 32, single_line=False)])
-    assert [[r.max_tokens for r in c] for c in calls] == [[32], [32]]
+    eng.config.block_stage = 8
+    eng.fill_batch([FillRequest("p", "s", 32, single_line=False)])
+    assert [[r.max_tokens for r in c] for c in calls][:3] == [[32], [32], [8]]
 
 
 def test_two_stage_fill_stays_within_budget_with_a_real_model(tiny_model_dir: Path) -> None:
