@@ -52,7 +52,8 @@ class StaticDenoiser:
         # The forward passes on static buffers are the engine's own (engine.graphs); this class adds the commit.
         self.fwd = StepGraphs(model, b, t, self.k, self.shift, cache, capture=False)
         self.start_ids = lay.ids.clone()  # [B, T]
-        self.ids = self.fwd.load(lay.ids, lay.positions, lay.key_mask)  # [B, T]: the buffer every step reads and writes
+        # [B, T]: the static buffer every step reads and writes
+        self.ids = self.fwd.load(lay.ids, lay.positions, lay.key_mask)
         vocab = model.cfg.vocab_size
         self.stop_cols = torch.tensor(sorted(i for i in set(stop_ids) if i < vocab), dtype=torch.long, device=dev)
         self.lefts = torch.arange(steps, 0, -1, device=dev)  # [steps]: steps left, per step

@@ -49,7 +49,6 @@ class StepGraphs:
         self.graphs: dict[str, Any] = {}
         self.outputs: dict[str, Tensor] = {}
         self.capture = capture
-        self.captured = False
 
     # -- the two steps, reading and writing only the static buffers ---------------------------------------------
 

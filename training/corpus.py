@@ -161,12 +161,19 @@ def gather(roots: list[Path], suffixes: tuple[str, ...] = (".py",),
     return corpus
 
 
-def _installed_texts(dist: importlib.metadata.Distribution, suffixes: tuple[str, ...]) -> Iterable[str]:
-    """The corpus files of an installed distribution, as text."""
+def installed_files(dist: importlib.metadata.Distribution, suffixes: tuple[str, ...],
+                    max_bytes: int = MAX_FILE_BYTES) -> Iterable[Path]:
+    """The files of an installed distribution that the corpus keeps (keep_path, at most max_bytes)."""
     for rel in dist.files or []:
         path = Path(str(dist.locate_file(rel)))
-        if keep_path(str(rel), suffixes) and path.is_file() and path.stat().st_size <= MAX_FILE_BYTES:
-            yield path.read_text("utf-8", errors="replace")
+        if keep_path(str(rel), suffixes) and path.is_file() and path.stat().st_size <= max_bytes:
+            yield path
+
+
+def _installed_texts(dist: importlib.metadata.Distribution, suffixes: tuple[str, ...]) -> Iterable[str]:
+    """The corpus files of an installed distribution, as text."""
+    for path in installed_files(dist, suffixes):
+        yield path.read_text("utf-8", errors="replace")
 
 
 def default_roots(wheel_dir: Path | None) -> list[Path]:

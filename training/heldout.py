@@ -30,7 +30,7 @@ from engine.tokenizer import CodeTokenizer
 from training.corpus import (
     good_text,
     installed_distributions,
-    keep_path,
+    installed_files,
     normalized_name,
 )
 
@@ -77,12 +77,8 @@ def collect_files(roots: list[Path], exclude: set[str], max_bytes: int = MAX_BYT
             name = normalized_name(dist.metadata["Name"])
             if name in out:
                 continue
-            files = []
-            for rel in dist.files or []:
-                path = Path(str(dist.locate_file(rel))).resolve()
-                if (keep_path(str(rel), (".py",)) and base in path.parents and path.is_file()
-                        and path.stat().st_size <= max_bytes):
-                    files.append(path)
+            located = (path.resolve() for path in installed_files(dist, (".py",), max_bytes))
+            files = [path for path in located if base in path.parents]
             if files:
                 out[name] = sorted(files)
     return out
