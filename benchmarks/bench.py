@@ -38,7 +38,7 @@ def _words(allowed: set[str]):  # type: ignore[no-untyped-def]
     return parse
 
 
-DTYPE_NAMES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16"}
+DTYPE_NAMES = {"fp32": "float32", "float32": "float32", "bf16": "bfloat16", "bfloat16": "bfloat16", "int8": "int8"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--ks", type=_ints, default=[8, 32, 128], help="tokens per fill (default 8,32,128)")
     e.add_argument("--batches", type=_ints, default=[1, 8], help="batch sizes (default 1,8)")
     e.add_argument("--cache", type=_words({"on", "off"}), default=["on", "off"], help="context cache: on,off")
-    e.add_argument("--dtypes", type=_words(set(DTYPE_NAMES)), default=["float32", "bfloat16"])
+    e.add_argument("--dtypes", type=_words(set(DTYPE_NAMES)), default=None,
+                   help="float32, bfloat16, int8 (int8 weights, CPU only); default float32,int8 on the CPU and "
+                        "float32,bfloat16 elsewhere")
     e.add_argument("--steps", type=int, default=0,
                    help="denoising steps (default: the engine's, ceil(k/4) between 4 and 32)")
     e.add_argument("--window", type=int, default=256, help="window tokens: prefix + span + suffix (default 256)")
@@ -121,7 +123,8 @@ def cmd_engine(args: argparse.Namespace) -> int:
 
     cfg = engine_bench.EngineBenchConfig(
         ks=args.ks, batches=args.batches, caches=[c == "on" for c in args.cache],
-        dtypes=[DTYPE_NAMES[d] for d in dict.fromkeys(args.dtypes)], reps=args.reps, warmup=args.warmup,
+        dtypes=[DTYPE_NAMES[d] for d in dict.fromkeys(args.dtypes or engine_bench.default_dtypes(args.device))],
+        reps=args.reps, warmup=args.warmup,
         steps=args.steps, refresh_every=args.refresh_every, device=args.device, window=args.window,
         baselines=[b for b in args.baselines if b != "none"], ar_prompt=args.ar_prompt,
         proto=args.proto or args.proto_compile, proto_compile=args.proto_compile, threads=args.threads,

@@ -32,7 +32,7 @@ class EngineBenchConfig:
     ks: list[int] = field(default_factory=lambda: [8, 32, 128])
     batches: list[int] = field(default_factory=lambda: [1, 8])
     caches: list[bool] = field(default_factory=lambda: [True, False])
-    dtypes: list[str] = field(default_factory=lambda: ["float32", "bfloat16"])
+    dtypes: list[str] = field(default_factory=lambda: default_dtypes("cpu"))
     reps: int = 5
     warmup: int = 1
     steps: int = 0  # 0: engine.sampler.default_steps(k): ceil(k/4) between 4 and 32
@@ -45,6 +45,11 @@ class EngineBenchConfig:
     proto_compile: bool = False  # and the fixed-shape step under torch.compile (inductor; compiles take minutes)
     max_minutes: float = 0.0  # > 0: skip what is left once this much time has passed
     threads: int = 0  # CPU threads (EngineConfig.threads); 0: the engine's choice (one for small models)
+
+
+def default_dtypes(device: str) -> list[str]:
+    """float32 against int8 weights on the CPU (bf16 measured slower there, README); float32 against bf16 on a GPU."""
+    return ["float32", "int8"] if device == "cpu" else ["float32", "bfloat16"]
 
 
 def steps_for(k: int, steps: int) -> int:
@@ -115,7 +120,7 @@ def run(cfg: EngineBenchConfig, source: ModelSource, log: Callable[[str], None] 
         model = engine.runner.model
         hf_model = None
         if "hf" in cfg.baselines and not hf_reason:
-            hf_model = hf_baseline.hf_model(model)
+            hf_model = hf_baseline.hf_model(model, int8_from=source.path if engine.runner.int8 else None)
         for k in cfg.ks:
             steps = steps_for(k, cfg.steps)
             for batch in cfg.batches:

@@ -12,7 +12,7 @@ import torch
 
 from engine.config import EngineConfig
 from engine.errors import CheckpointError
-from engine.runner import Runner, pick_device, pick_dtype, pick_threads, retain_freed_memory
+from engine.runner import Runner, pick_device, pick_dtype, pick_threads, retain_freed_memory, wants_int8
 from engine.sampler import SamplerConfig
 from engine.tokenizer import CodeTokenizer
 from engine.window import build_window
@@ -88,11 +88,12 @@ class Engine:
         config = EngineConfig(device=device, dtype=dtype, **{**chosen, **given})  # type: ignore[arg-type]
         dev = pick_device(config.device)
         dt = pick_dtype(config.dtype, dev)
+        int8 = wants_int8(config.dtype, dev)
         model, tok = load_model(model_path, device=str(dev), dtype=dt)
         if dev.type == "cpu":
             torch.set_num_threads(pick_threads(config.threads, model.cfg.num_parameters()))
             retain_freed_memory()
-        return cls(Runner(model, tok, dev, dt, cuda_graphs=config.cuda_graphs), config, model_path)
+        return cls(Runner(model, tok, dev, dt, cuda_graphs=config.cuda_graphs, int8=int8), config, model_path)
 
     @property
     def tokenizer(self) -> CodeTokenizer:

@@ -79,7 +79,7 @@ def cmd_fill(args: argparse.Namespace) -> int:
             raise UsageError(f"--to {args.to} is before {line}:{col}")
     language = args.language or EXTENSION_LANGUAGES.get(path.suffix.lower())
     settings = {"steps": args.steps} if args.steps else {}
-    engine = Engine.from_pretrained(args.model, device=args.device, **settings)
+    engine = Engine.from_pretrained(args.model, device=args.device, dtype=args.dtype, **settings)
     result = complete_at(engine, text, start, language, selection_end=end, max_tokens=args.max_tokens)
     if args.json:
         print(json.dumps(result.to_json(), indent=1))
@@ -137,6 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--steps", type=int, default=0, help="denoising steps (default: from the span length)")
     f.add_argument("--model", default=None, help="model directory (default: the built-in model)")
     f.add_argument("--device", default="auto")
+    f.add_argument("--dtype", default="auto",
+                   help="auto (int8 weights on the CPU, bfloat16 on a GPU), float32, bfloat16 or int8")
     f.add_argument("--language", default=None, help="language id (default: from the file extension)")
     f.add_argument("--json", action="store_true", help="print the fill, its range and timings as JSON")
     f.set_defaults(func=cmd_fill)

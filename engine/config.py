@@ -85,7 +85,7 @@ class EngineConfig:
     """How the engine runs a model: device, precision, decoding defaults."""
 
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1"...
-    dtype: str = "auto"  # "auto", "float32", "bfloat16"
+    dtype: str = "auto"  # "auto" (bf16 on a GPU, int8 weights on the CPU), "float32", "bfloat16", "int8"
     window: int = 256  # tokens in the window: prefix + span + suffix
     max_span: int = 128
     steps: int = 0  # 0: choose from the span length (see sampler.default_steps)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from engine import quantize
 from engine.graphs import GraphCache, GraphUnavailable
 from engine.model import DiffusionLM, KVCache
 from engine.sampler import SamplerConfig, SampleResult, denoise
@@ -33,14 +34,27 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    """'auto' -> bf16 on CUDA; fp32 on the CPU (bf16 measured no faster there, see README)."""
+    """'auto' -> bf16 on CUDA; fp32 on the CPU (bf16 measured no faster there, see README). 'int8' computes in
+    fp32 around int8 weights (see wants_int8)."""
     table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
+             "float16": torch.float16, "fp16": torch.float16, "int8": torch.float32}
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if name not in table:
-        raise ValueError(f"unknown dtype {name!r}: use auto, float32 or bfloat16")
+        raise ValueError(f"unknown dtype {name!r}: use auto, float32, bfloat16 or int8")
     return table[name]
+
+
+def wants_int8(name: str, device: torch.device) -> bool:
+    """Whether the transformer layers get int8 weights: 'int8' asks for them (CPU only); 'auto' takes them on the
+    CPU where torch's int8 kernels run (engine.quantize); any other dtype keeps float weights."""
+    if name == "int8":
+        if device.type != "cpu":
+            raise ValueError("dtype int8 is for the CPU; on a GPU use auto or bfloat16")
+        if not quantize.available():
+            log.warning("int8 matmuls are not available in this torch on this CPU: the engine runs in float32")
+        return quantize.available()
+    return name == "auto" and device.type == "cpu" and quantize.available()
 
 
 def pick_threads(requested: int, num_parameters: int) -> int:
@@ -130,9 +144,11 @@ class Runner:
     """Runs a model over laid-out batches; thread-safe (one batch on the device at a time)."""
 
     def __init__(self, model: DiffusionLM, tok: CodeTokenizer, device: torch.device, dtype: torch.dtype,
-                 cuda_graphs: bool = False) -> None:
-        """cuda_graphs: on a CUDA device, replay each step shape as a captured graph (engine.graphs)."""
+                 cuda_graphs: bool = False, int8: bool = False) -> None:
+        """cuda_graphs: on a CUDA device, replay each step shape as a captured graph (engine.graphs).
+        int8: on the CPU, int8 weights in the transformer layers (engine.quantize)."""
         self.model = model.to(device=device, dtype=dtype).eval()
+        self.int8 = bool(int8 and quantize.quantize_blocks(self.model.layers))
         self.tok = tok
         self.device = device
         self.dtype = dtype
@@ -141,6 +157,11 @@ class Runner:
         self.graphs: GraphCache | None = None
         if cuda_graphs and device.type == "cuda":
             self.graphs = GraphCache(self.model, capture=True)
+
+    @property
+    def precision(self) -> str:
+        """What the weights are stored in: 'int8' or the float dtype's name."""
+        return "int8" if self.int8 else str(self.dtype).replace("torch.", "")
 
     @torch.inference_mode()
     def run(self, windows: list[Window], cfg: SamplerConfig, stop_ids: list[int], cache: bool = True,

@@ -204,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
         "of each task set, never from the reference."))
     p.add_argument("--model", default=None, help="model directory (default: the built-in model)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto")
+    p.add_argument("--dtype", default="auto",
+                   help="auto (int8 weights on the CPU, bfloat16 on a GPU), float32, bfloat16 or int8")
     p.add_argument("--steps", type=int, default=0, help="denoising steps (default 0: the engine's, from the span)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
     p.add_argument("--no-cuda-graphs", action="store_true", help="on a GPU, run each step eagerly (no captured graphs)")
@@ -253,7 +254,7 @@ def _device_name(engine: Any) -> str:
 def describe_run(engine: Any, args: argparse.Namespace, specs: list[TaskSetSpec], benchmarks: Path) -> dict[str, Any]:
     """Everything that decides the figures, for the header and the summary."""
     c = engine.config
-    params = sum(p.numel() for p in engine.runner.model.parameters())
+    params = engine.runner.model.cfg.num_parameters()
     if args.sample:
         selection = {"mode": "sample", "n": args.sample, "seed": args.seed}
     elif args.limit:
@@ -262,7 +263,7 @@ def describe_run(engine: Any, args: argparse.Namespace, specs: list[TaskSetSpec]
         selection = {"mode": "all"}
     return {
         "model": str(engine.path), "model_parameters": params, "device": _device_name(engine),
-        "dtype": str(engine.runner.dtype).replace("torch.", ""),
+        "dtype": engine.runner.precision,
         "decoding": {"greedy": True, "steps": args.steps or "engine default", "order": c.order,
                      "threshold": c.threshold, "cache": c.cache, "refresh_every": c.refresh_every,
                      "window": c.window, "max_span": c.max_span, "batch_size": args.batch_size,
