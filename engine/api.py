@@ -15,7 +15,7 @@ from engine.errors import CheckpointError
 from engine.runner import Runner, pick_device, pick_dtype, pick_threads, retain_freed_memory, wants_int8
 from engine.sampler import SamplerConfig
 from engine.tokenizer import CodeTokenizer
-from engine.window import build_window
+from engine.window import Window, build_window
 
 MODELS_DIR = Path(__file__).parent / "models"
 BUILTIN_MODEL = "codefill-base"
@@ -157,23 +157,41 @@ class Engine:
         for r in requests:
             if r.max_tokens < 1:
                 raise ValueError("max_tokens must be at least 1")
-            windows.append(build_window(tok, r.prefix, r.suffix, min(r.max_tokens, c.max_span), c.window, c.max_span))
+            windows.append(build_window(tok, r.prefix, r.suffix, min(r.max_tokens, c.max_span), c.window, c.max_span,
+                                        heal=c.heal))
         first = requests[0]
         stop_ids = set(tok.end_ids)
         if first.single_line:
             stop_ids |= tok.newline_ids
         cancel = first.cancel if len(requests) == 1 else _batch_cancel([r.cancel for r in requests])
         result, seconds = self.runner.run(windows, self.sampler_config(first), sorted(stop_ids), cache=c.cache,
-                                          refresh_every=c.refresh_every, cancel=cancel)
+                                          refresh_every=c.refresh_every, cancel=cancel,
+                                          first_allowed=_first_allowed(tok, windows, stop_ids))
         fills = []
         for i, (r, w) in enumerate(zip(requests, windows)):
             n = min(result.lengths[i], w.span_len)
             ids = [int(t) for t in result.span[i, :n].tolist()]
-            fills.append(Fill(text=tok.decode(ids), tokens=ids, forward_passes=result.forward_passes,
+            text = tok.decode(ids)
+            if w.healed:  # the first token re-wrote the prefix's last one: keep only what comes after the cursor
+                text = text[len(w.healed):] if text.startswith(w.healed) else text
+            fills.append(Fill(text=text, tokens=ids, forward_passes=result.forward_passes,
                               seconds=seconds, span_len=w.span_len,
                               cut={"prefix_chars": w.prefix_cut_chars, "suffix_chars": w.suffix_cut_chars},
                               ended=result.lengths[i] < w.span_len))
         return fills
+
+
+def _first_allowed(tok: CodeTokenizer, windows: list[Window], stop_ids: set[int]) -> torch.Tensor | None:
+    """[B, V] bool: the ids each window's first span position may hold (all for a window with nothing healed)."""
+    if not any(w.healed for w in windows):
+        return None
+    allowed = torch.ones(len(windows), tok.vocab_size, dtype=torch.bool)
+    for i, w in enumerate(windows):
+        if w.healed:
+            ids = sorted(tok.ids_starting_with(w.healed) - stop_ids)
+            allowed[i] = False
+            allowed[i, ids] = True
+    return allowed
 
 
 def _model_defaults(model_path: Path, known: set[str]) -> dict[str, object]:

@@ -96,6 +96,7 @@ class EngineConfig:
     end_penalty: float = 0.0  # subtracted from the end token's logit
     block: int = 0  # > 0: only the first `block` still-masked positions may be committed (semi-autoregressive)
     min_tokens: int = 1  # a fill may not end before this many tokens
+    heal: bool = True  # the prefix's last token is re-chosen with the fill (see engine.window.build_window)
     line_stage: int = 16  # single-line fills: this many tokens first, the rest of the budget only if the line goes on
     block_stage: int = 32  # the same for multi-line fills (0: one stage)
     cache: bool = True  # reuse the context's keys and values between refreshes

@@ -165,27 +165,32 @@ class Runner:
 
     @torch.inference_mode()
     def run(self, windows: list[Window], cfg: SamplerConfig, stop_ids: list[int], cache: bool = True,
-            refresh_every: int = 4, cancel: threading.Event | None = None) -> tuple[SampleResult, float]:
-        """Denoise every window's span; returns the result and the seconds spent on the device."""
+            refresh_every: int = 4, cancel: threading.Event | None = None,
+            first_allowed: Tensor | None = None) -> tuple[SampleResult, float]:
+        """Denoise every window's span; returns the result and the seconds spent on the device.
+
+        first_allowed: [B, V] bool, the ids each span's first position may hold (healed prefixes; see denoise).
+        """
         stop = torch.tensor(sorted(set(stop_ids)), dtype=torch.long, device=self.device)
+        allowed = None if first_allowed is None else first_allowed.to(self.device)
         with self.lock:
             t0 = time.perf_counter()
             if self.graphs is not None:
                 try:
-                    result = self._denoise(windows, cfg, stop, cache, refresh_every, cancel, self.graphs)
+                    result = self._denoise(windows, cfg, stop, allowed, cache, refresh_every, cancel, self.graphs)
                 except GraphUnavailable as exc:  # a capture that fails or disagrees: eager from now on, this fill included
                     log.warning("CUDA graphs turned off, the engine runs eagerly: %s", exc)
                     self.graphs = None
                     torch.cuda.synchronize(self.device)
             if self.graphs is None:
-                result = self._denoise(windows, cfg, stop, cache, refresh_every, cancel, None)
+                result = self._denoise(windows, cfg, stop, allowed, cache, refresh_every, cancel, None)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             seconds = time.perf_counter() - t0
         return result, seconds
 
-    def _denoise(self, windows: list[Window], cfg: SamplerConfig, stop: Tensor, cache: bool, refresh_every: int,
-                 cancel: threading.Event | None, graphs: GraphCache | None) -> SampleResult:
+    def _denoise(self, windows: list[Window], cfg: SamplerConfig, stop: Tensor, allowed: Tensor | None, cache: bool,
+                 refresh_every: int, cancel: threading.Event | None, graphs: GraphCache | None) -> SampleResult:
         tok = self.tok
         bucket = GRAPH_WIDTH_BUCKET if graphs is not None else LENGTH_BUCKET
         lay = lay_out(windows, tok.mask_id, tok.pad_id, self.device, self.shift, bucket)
@@ -200,7 +205,7 @@ class Runner:
                 static_ids[:, s0 : s0 + k] = span
                 return steps.step(full=step % refresh == 0)
 
-            return denoise(predict_static, span, tok.mask_id, stop, tok.end_id, cfg, cancel)
+            return denoise(predict_static, span, tok.mask_id, stop, tok.end_id, cfg, cancel, allowed)
 
         ids = lay.ids
         state: dict[str, KVCache | None] = {"cache": None}
@@ -217,4 +222,4 @@ class Runner:
                                    cache=state["cache"], start=0, hidden_only=True)  # [B, K+shift, H]
             return self.model.lm_head(hidden[:, :k])  # [B, K, V]
 
-        return denoise(predict, span, tok.mask_id, stop, tok.end_id, cfg, cancel)
+        return denoise(predict, span, tok.mask_id, stop, tok.end_id, cfg, cancel, allowed)

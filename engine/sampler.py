@@ -87,8 +87,14 @@ def denoise(
     end_id: int,
     cfg: SamplerConfig,
     cancel: threading.Event | None = None,
+    first_allowed: Tensor | None = None,  # [B, V'] bool: the ids each row's first position may hold (healing)
 ) -> SampleResult:
-    """Unmask the span in cfg.steps steps (or fewer when every fill has ended)."""
+    """Unmask the span in cfg.steps steps (or fewer when every fill has ended).
+
+    first_allowed: for a row whose first position is the prefix's healed last token (engine.window.build_window),
+    the ids allowed there; such a row's fill must also go on past it (cfg.min_tokens counts from the next position).
+    Rows that allow every id are unconstrained.
+    """
     cfg.validate()
     span = span.clone()
     b, k = span.shape
@@ -100,7 +106,12 @@ def denoise(
     positions = torch.arange(k, device=span.device)  # [K]
     is_stop_id = torch.zeros(int(max(stop_ids.max().item(), mask_id)) + 1, dtype=torch.bool, device=span.device)
     is_stop_id[stop_ids] = True
-    early = (positions < cfg.min_tokens).nonzero().flatten().unsqueeze(1)  # [E, 1]: may not hold a stop
+    healed = torch.zeros(b, dtype=torch.long, device=span.device)
+    if first_allowed is not None:
+        healed = (~first_allowed).any(-1).long()  # [B]: 1 where the first position is constrained
+    no_stop = positions.unsqueeze(0) < (cfg.min_tokens + healed).unsqueeze(1)  # [B, K]: may not hold a stop
+    any_no_stop = cfg.min_tokens > 0 or first_allowed is not None  # known on the host: no sync in the loop
+    banned_first = None
 
     def first_stop(span: Tensor) -> Tensor:
         """Index of each fill's first committed stop token, or K: [B]."""
@@ -121,8 +132,12 @@ def denoise(
         stop_cols = stop_ids[stop_ids < logits.shape[-1]]
         if cfg.end_penalty:
             logits[..., stop_cols] -= cfg.end_penalty
-        if early.numel():
-            logits[:, early, stop_cols.unsqueeze(0)] = -math.inf
+        if any_no_stop:
+            logits[..., stop_cols] = logits[..., stop_cols].masked_fill(no_stop.unsqueeze(-1), -math.inf)
+        if first_allowed is not None:
+            if banned_first is None:
+                banned_first = _fit(~first_allowed, logits.shape[-1])  # [B, V]
+            logits[:, 0] = logits[:, 0].masked_fill(banned_first, -math.inf)
         probs = logits.softmax(-1)  # [B, K, V]
         if cfg.temperature > 0:
             flat = (logits / cfg.temperature).softmax(-1).view(b * k, -1)
@@ -151,6 +166,14 @@ def denoise(
     # Whatever is still masked after the last step (only possible past a stop) is padding.
     span = torch.where(span == mask_id, torch.full_like(span, end_id), span)
     return SampleResult(span=span, lengths=lengths, forward_passes=passes)
+
+
+def _fit(mask: Tensor, width: int) -> Tensor:
+    """A [B, W] bool mask cut or padded (with True: banned) to [B, width]."""
+    if mask.shape[-1] >= width:
+        return mask[:, :width]
+    pad = torch.ones(mask.shape[0], width - mask.shape[-1], dtype=torch.bool, device=mask.device)
+    return torch.cat([mask, pad], dim=-1)
 
 
 def _lookup(table: Tensor, ids: Tensor) -> Tensor:

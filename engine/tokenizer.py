@@ -98,3 +98,12 @@ class CodeTokenizer:
     def newline_ids(self) -> frozenset[int]:
         """Ids whose text contains a line break."""
         return frozenset(i for i, t in enumerate(self.piece_texts) if "\n" in t or "\r" in t)
+
+    def ids_starting_with(self, text: str) -> frozenset[int]:
+        """Ids whose own text starts with text (special tokens, whose text is empty, never)."""
+        cache = self.__dict__.setdefault("_starting_with", {})
+        if text not in cache:
+            if len(cache) > 4096:
+                cache.clear()
+            cache[text] = frozenset(i for i, t in enumerate(self.piece_texts) if t and t.startswith(text))
+        return cache[text]

@@ -20,6 +20,7 @@ class Window:
     suffix_ids: list[int]
     prefix_cut_chars: int  # characters of the prefix left out (from its start)
     suffix_cut_chars: int  # characters of the suffix left out (from its end)
+    healed: str = ""  # the prefix's last token, taken back into the span (see build_window's heal)
 
     def ids_with(self, mask_id: int) -> list[int]:
         """prefix + [mask] * span_len + suffix."""
@@ -58,11 +59,16 @@ def _keep_head(ids: list[int], quota: int, newline_ids: frozenset[int]) -> int:
 
 
 def build_window(tok: CodeTokenizer, prefix: str, suffix: str, span_len: int, window: int = 256,
-                 max_span: int = 128) -> Window:
+                 max_span: int = 128, heal: bool = False) -> Window:
     """Fit prefix, span and suffix into window tokens.
 
     The suffix gets up to a third of the context budget (more if the prefix is short) and is never dropped while
     it has text; the prefix gets the rest. Both are cut at line boundaries when a whole line fits.
+
+    heal: a cursor rarely sits where the tokenizer would cut: after `return ` the prefix ends in a lone space
+    token, while in training text that space belongs to the next word (` total`). So the prefix's last token, unless
+    it holds a line break, is taken out of the prefix and becomes the span's first position, which the sampler may
+    fill only with a token that starts with the same text (`Window.healed`). That token is one of the span's slots.
     """
     if span_len < 1:
         raise ValueError("span_len must be at least 1")
@@ -81,6 +87,12 @@ def build_window(tok: CodeTokenizer, prefix: str, suffix: str, span_len: int, wi
 
     pre_ids, pre_off = tok.encode_with_offsets(pre_text)
     suf_ids, suf_off = tok.encode_with_offsets(suf_text)
+    healed = ""
+    if heal and pre_ids and span_len >= 2:
+        last = tok.piece_texts[pre_ids[-1]]
+        if last and "\n" not in last and "\r" not in last and "\ufffd" not in last and pre_text.endswith(last):
+            healed = last
+            pre_ids, pre_off = pre_ids[:-1], pre_off[:-1]
     suf_quota = min(len(suf_ids), max(budget // 3, budget - len(pre_ids)))
     if suf_ids and suf_quota == 0:
         suf_quota = 1
@@ -95,4 +107,4 @@ def build_window(tok: CodeTokenizer, prefix: str, suffix: str, span_len: int, wi
     if end < len(suf_ids):
         cut_suf += len(suf_text) - suf_off[end - 1][1] if end else len(suf_text)
     suf_ids = suf_ids[:end]
-    return Window(pre_ids, span_len, suf_ids, cut_pre, cut_suf)
+    return Window(pre_ids, span_len, suf_ids, cut_pre, cut_suf, healed)

@@ -234,3 +234,15 @@ def test_two_stage_fill_stays_within_budget_with_a_real_model(tiny_model_dir: Pa
     f = eng.fill("def f(x):\n    return ", "\n", 12, single_line=True)
     assert len(f.tokens) <= 12 and "\n" not in f.text
     assert f.forward_passes >= 1
+
+
+def test_a_healed_fill_rewrites_the_prefix_last_token_and_returns_what_follows(tiny_model_dir: Path) -> None:
+    eng = Engine.from_pretrained(tiny_model_dir, device="cpu", dtype="float32", steps=4)
+    tok = eng.tokenizer
+    for prefix in ["def add(a, b):\n    return ", "value = compute(", "total = su"]:
+        healed = build_window(tok, prefix, SUFFIX, 8, heal=True).healed
+        f = eng.fill(prefix, SUFFIX, 8)
+        assert healed and tok.piece_texts[f.tokens[0]].startswith(healed)
+        assert f.text == tok.decode(f.tokens)[len(healed):] and len(f.tokens) <= 8
+    unhealed = Engine.from_pretrained(tiny_model_dir, device="cpu", dtype="float32", steps=4, heal=False)
+    assert unhealed.fill("x = 1\n", SUFFIX, 8).tokens == eng.fill("x = 1\n", SUFFIX, 8).tokens  # nothing to heal

@@ -88,6 +88,19 @@ def test_min_tokens_bans_an_empty_fill() -> None:
     assert length0 == 0
 
 
+def test_first_allowed_constrains_the_first_position_of_healed_rows_only() -> None:
+    # The model wants to end at once; row 0's first position may hold only 7 or 8 (a healed prefix's last token).
+    m = FakeModel([END] * 4, conf=[0.99] * 4)
+    allowed = torch.ones(2, V, dtype=torch.bool)
+    allowed[0] = False
+    allowed[0, [7, 8, END]] = True  # an end token listed as allowed is still not taken there
+    r = denoise(m, torch.full((2, 4), MASK), MASK, torch.tensor([END]), END, SamplerConfig(steps=4, min_tokens=1),
+                first_allowed=allowed)
+    assert r.span[0, 0].item() in (7, 8)
+    assert r.lengths[0] == 2  # after the healed token, one more before the end (min_tokens counts from there)
+    assert r.lengths[1] == 1 and r.span[1, 0].item() not in (END, MASK)  # row 1: min_tokens as usual
+
+
 def test_single_line_stop_ids() -> None:
     span = torch.full((1, 4), MASK)
     m = FakeModel([5, NL, 7, 8], conf=[0.9, 0.95, 0.5, 0.5])

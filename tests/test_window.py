@@ -55,3 +55,23 @@ def test_huge_single_line_is_cut_inside_the_line(tok: CodeTokenizer) -> None:
     w = build_window(tok, prefix, "'\n", 8, window=256)
     assert 0 < len(w.prefix_ids) and w.length <= 256
     assert w.prefix_cut_chars > 4_000_000
+
+
+@pytest.mark.parametrize("prefix", ["def f(x):\n    return ", "value = compute(", "total = su"])
+def test_healing_takes_the_prefix_last_token_into_the_span(tok: CodeTokenizer, prefix: str) -> None:
+    plain = build_window(tok, prefix, "\n", 8)
+    w = build_window(tok, prefix, "\n", 8, heal=True)
+    assert plain.healed == "" and w.healed
+    assert w.prefix_ids == plain.prefix_ids[:-1] and tok.piece_texts[plain.prefix_ids[-1]] == w.healed
+    assert tok.decode(w.prefix_ids) + w.healed == prefix
+    assert w.span_len == plain.span_len == 8  # the healed token takes one of the span's slots
+
+
+@pytest.mark.parametrize("prefix", ["x = 1\n", "", "x = 1\n\n"])
+def test_no_healing_at_a_line_start_or_an_empty_prefix(tok: CodeTokenizer, prefix: str) -> None:
+    w = build_window(tok, prefix, "\n", 8, heal=True)
+    assert w.healed == "" and tok.decode(w.prefix_ids) == prefix
+
+
+def test_no_healing_of_a_one_token_span(tok: CodeTokenizer) -> None:
+    assert build_window(tok, "return ", "\n", 1, heal=True).healed == ""
