@@ -172,12 +172,16 @@ class Engine:
             n = min(result.lengths[i], w.span_len)
             ids = [int(t) for t in result.span[i, :n].tolist()]
             text = tok.decode(ids)
+            # Byte tokens that do not make whole characters decode to U+FFFD: the fill ends before the first.
+            broken = text.find("\ufffd")
+            if broken >= 0:
+                text = text[:broken]
             if w.healed:  # the first token re-wrote the prefix's last one: keep only what comes after the cursor
-                text = text[len(w.healed):] if text.startswith(w.healed) else text
+                text = text[len(w.healed):] if text.startswith(w.healed) else ""
             fills.append(Fill(text=text, tokens=ids, forward_passes=result.forward_passes,
                               seconds=seconds, span_len=w.span_len,
                               cut={"prefix_chars": w.prefix_cut_chars, "suffix_chars": w.suffix_cut_chars},
-                              ended=result.lengths[i] < w.span_len))
+                              ended=result.lengths[i] < w.span_len or broken >= 0))
         return fills
 
 

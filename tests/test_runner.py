@@ -11,7 +11,7 @@ from engine.api import Engine, FillRequest
 from engine.checkpoint import load_model
 from engine.model import DiffusionLM
 from engine.runner import Runner, lay_out
-from engine.sampler import SamplerConfig
+from engine.sampler import SampleResult, SamplerConfig
 from engine.window import build_window
 
 PREFIX = "class Point:\n    def __init__(self, x, y):\n        self.x = x\n"
@@ -246,3 +246,19 @@ def test_a_healed_fill_rewrites_the_prefix_last_token_and_returns_what_follows(t
         assert f.text == tok.decode(f.tokens)[len(healed):] and len(f.tokens) <= 8
     unhealed = Engine.from_pretrained(tiny_model_dir, device="cpu", dtype="float32", steps=4, heal=False)
     assert unhealed.fill("x = 1\n", SUFFIX, 8).tokens == eng.fill("x = 1\n", SUFFIX, 8).tokens  # nothing to heal
+
+
+def test_fills_never_carry_broken_characters(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Byte tokens that make no whole character (half of a two-byte 'é'): the fill ends before them.
+    eng = Engine.from_pretrained(tiny_model_dir, device="cpu", dtype="float32", steps=4, heal=False)
+    tok = eng.tokenizer
+    word = tok.encode("x")
+    half = next(i for i, t in enumerate(tok.piece_texts) if t == "\ufffd")
+    span = torch.tensor([word + [half] + word + [tok.end_id] * 5])
+
+    def fake_run(windows, cfg, stop_ids, **kw):  # type: ignore[no-untyped-def]
+        return SampleResult(span=span[:, : windows[0].span_len], lengths=[len(word) + 2], forward_passes=1), 0.01
+
+    monkeypatch.setattr(eng.runner, "run", fake_run)
+    f = eng.fill("s = '", "'\n", 8)
+    assert f.text == "x" and f.ended  # cut before the broken byte; nothing after it is asked for
