@@ -58,6 +58,29 @@ def _keep_head(ids: list[int], quota: int, newline_ids: frozenset[int]) -> int:
     return quota
 
 
+MAX_HEALED_TOKENS = 3
+
+
+def _heal_count(tok: CodeTokenizer, pre_ids: list[int], pre_text: str) -> int:
+    """How many of the prefix's last tokens to take back: the last one (unless it holds a line break, or the cursor is
+    in a line's indentation), and the ones before it while their joined text still starts some token of the
+    vocabulary (`retu` = `ret` + `u` -> `return`)."""
+    def healable(text: str) -> bool:
+        return bool(text) and "\n" not in text and "\r" not in text and "\ufffd" not in text
+    if not pre_ids or not healable(tok.piece_texts[pre_ids[-1]]):
+        return 0
+    line = pre_text[pre_text.rfind("\n") + 1:]
+    if not line.strip():  # the cursor sits in a line's indentation: the editor put it there, keep it as it is
+        return 0
+    n, text = 1, tok.piece_texts[pre_ids[-1]]
+    while n < min(MAX_HEALED_TOKENS, len(pre_ids)):
+        wider = tok.piece_texts[pre_ids[-n - 1]] + text
+        if not healable(wider) or not tok.ids_starting_with(wider):
+            break
+        n, text = n + 1, wider
+    return n if pre_text.endswith(text) else 0
+
+
 def build_window(tok: CodeTokenizer, prefix: str, suffix: str, span_len: int, window: int = 256,
                  max_span: int = 128, heal: bool = False) -> Window:
     """Fit prefix, span and suffix into window tokens.
@@ -67,8 +90,10 @@ def build_window(tok: CodeTokenizer, prefix: str, suffix: str, span_len: int, wi
 
     heal: a cursor rarely sits where the tokenizer would cut: after `return ` the prefix ends in a lone space
     token, while in training text that space belongs to the next word (` total`). So the prefix's last token, unless
-    it holds a line break, is taken out of the prefix and becomes the span's first position, which the sampler may
-    fill only with a token that starts with the same text (`Window.healed`). That token is one of the span's slots.
+    it holds a line break or the cursor is in a line's indentation (and the one or two before it, while together
+    they start a token: `ret` + `u`), is taken
+    out of the prefix and becomes the span's first position, which the sampler may fill only with a token that
+    starts with the same text (`Window.healed`). That token is one of the span's slots.
     """
     if span_len < 1:
         raise ValueError("span_len must be at least 1")
@@ -88,11 +113,11 @@ def build_window(tok: CodeTokenizer, prefix: str, suffix: str, span_len: int, wi
     pre_ids, pre_off = tok.encode_with_offsets(pre_text)
     suf_ids, suf_off = tok.encode_with_offsets(suf_text)
     healed = ""
-    if heal and pre_ids and span_len >= 2:
-        last = tok.piece_texts[pre_ids[-1]]
-        if last and "\n" not in last and "\r" not in last and "\ufffd" not in last and pre_text.endswith(last):
-            healed = last
-            pre_ids, pre_off = pre_ids[:-1], pre_off[:-1]
+    if heal and span_len >= 2:
+        n = _heal_count(tok, pre_ids, pre_text)
+        if n:
+            healed = pre_text[pre_off[-n][0]:]
+            pre_ids, pre_off = pre_ids[:-n], pre_off[:-n]
     suf_quota = min(len(suf_ids), max(budget // 3, budget - len(pre_ids)))
     if suf_ids and suf_quota == 0:
         suf_quota = 1

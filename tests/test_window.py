@@ -62,12 +62,14 @@ def test_healing_takes_the_prefix_last_token_into_the_span(tok: CodeTokenizer, p
     plain = build_window(tok, prefix, "\n", 8)
     w = build_window(tok, prefix, "\n", 8, heal=True)
     assert plain.healed == "" and w.healed
-    assert w.prefix_ids == plain.prefix_ids[:-1] and tok.piece_texts[plain.prefix_ids[-1]] == w.healed
+    taken = len(plain.prefix_ids) - len(w.prefix_ids)
+    assert 1 <= taken <= 3 and w.prefix_ids == plain.prefix_ids[:-taken]
     assert tok.decode(w.prefix_ids) + w.healed == prefix
+    assert tok.ids_starting_with(w.healed)  # some token can stand for the healed text
     assert w.span_len == plain.span_len == 8  # the healed token takes one of the span's slots
 
 
-@pytest.mark.parametrize("prefix", ["x = 1\n", "", "x = 1\n\n"])
+@pytest.mark.parametrize("prefix", ["x = 1\n", "", "x = 1\n\n", "def f():\n    ", "if a:\n\t"])
 def test_no_healing_at_a_line_start_or_an_empty_prefix(tok: CodeTokenizer, prefix: str) -> None:
     w = build_window(tok, prefix, "\n", 8, heal=True)
     assert w.healed == "" and tok.decode(w.prefix_ids) == prefix
