@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from functools import cached_property
 from pathlib import Path
 
@@ -99,11 +100,18 @@ class CodeTokenizer:
         """Ids whose text contains a line break."""
         return frozenset(i for i, t in enumerate(self.piece_texts) if "\n" in t or "\r" in t)
 
+    @cached_property
+    def _sorted_pieces(self) -> tuple[list[str], list[int]]:
+        """The non-empty piece texts in sorted order, and their ids: a prefix's ids are one contiguous run."""
+        pairs = sorted((t, i) for i, t in enumerate(self.piece_texts) if t)
+        return [t for t, _ in pairs], [i for _, i in pairs]
+
     def ids_starting_with(self, text: str) -> frozenset[int]:
         """Ids whose own text starts with text (special tokens, whose text is empty, never)."""
-        cache = self.__dict__.setdefault("_starting_with", {})
-        if text not in cache:
-            if len(cache) > 4096:
-                cache.clear()
-            cache[text] = frozenset(i for i, t in enumerate(self.piece_texts) if t and t.startswith(text))
-        return cache[text]
+        texts, ids = self._sorted_pieces
+        out = []
+        for j in range(bisect.bisect_left(texts, text), len(texts)):
+            if not texts[j].startswith(text):
+                break
+            out.append(ids[j])
+        return frozenset(out)

@@ -20,7 +20,7 @@ class Window:
     suffix_ids: list[int]
     prefix_cut_chars: int  # characters of the prefix left out (from its start)
     suffix_cut_chars: int  # characters of the suffix left out (from its end)
-    healed: str = ""  # the prefix's last token, taken back into the span (see build_window's heal)
+    healed: str = ""  # the prefix's last token(s), taken back into the span (see build_window's heal)
 
     def ids_with(self, mask_id: int) -> list[int]:
         """prefix + [mask] * span_len + suffix."""
@@ -89,11 +89,10 @@ def build_window(tok: CodeTokenizer, prefix: str, suffix: str, span_len: int, wi
     it has text; the prefix gets the rest. Both are cut at line boundaries when a whole line fits.
 
     heal: a cursor rarely sits where the tokenizer would cut: after `return ` the prefix ends in a lone space
-    token, while in training text that space belongs to the next word (` total`). So the prefix's last token, unless
-    it holds a line break or the cursor is in a line's indentation (and the one or two before it, while together
-    they start a token: `ret` + `u`), is taken
-    out of the prefix and becomes the span's first position, which the sampler may fill only with a token that
-    starts with the same text (`Window.healed`). That token is one of the span's slots.
+    token, while in training text that space belongs to the next word (` total`). So the prefix's last token (and
+    the one or two before it while together they start a token: `ret` + `u`; see _heal_count for what is never
+    taken) leaves the prefix and becomes the span's first position, which the sampler may fill only with a token
+    that starts with the same text (`Window.healed`). That token is one of the span's slots.
     """
     if span_len < 1:
         raise ValueError("span_len must be at least 1")
