@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-s", type=float, default=420.0, help="stop starting new measurements after this")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
     p.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
+    p.add_argument("--profile", action="store_true",
+                   help="also print where the time of one eager fill goes (torch.profiler), per model at batch 1")
     p.add_argument("--smoke", action="store_true", help="tiny shape, CPU allowed, one run each")
     return p
 
@@ -265,6 +267,8 @@ def main(argv: list[str] | None = None) -> int:
             w = make_workload(tok, cfg.vocab_size, batch, k, window, device)
             case = Case(rec, model, name, w, batch, k, steps, args.refresh_every, reps, warmup, sync, deadline,
                         args.peak_tflops, backend)
+            if args.profile and batch == batches[0]:
+                case.profile(tok, window, device, dtype)
             # The figures that matter most first, so a short budget still gets them: on CUDA the graph-captured
             # loop and decoder, the engine as it is and transformers; the eager variants after them.
             fast = "graph" if cuda else "eager"
@@ -381,6 +385,42 @@ class Case:
             extra = {"graphs_in_use": runner.graphs is not None} if mode == "graph" else {}
             self.measure("engine", f"{mode} cache={'on' if cache else 'off'}", lambda: engine.fill_batch(reqs),
                          static_loop_same_tokens=same, **extra)
+
+    def profile(self, tok: Any, window: int, device: torch.device, dtype: torch.dtype) -> None:
+        """Print the operators that take the time of one eager fill (static loop, cache off), and of one engine
+        fill when the engine imports: device time where there is a GPU, else CPU time."""
+        from torch.profiler import ProfilerActivity, profile
+
+        w = self.w
+        den = StaticDenoiser(self.model, w.lay, self.steps, w.mask_id, w.end_ids, END_PENALTY, cache=False,
+                             refresh_every=self.refresh_every, mode="eager", backend=self.backend)
+        jobs: list[tuple[str, Callable[[], Any]]] = [("static loop, eager, cache off", den.fill)]
+        if tok is not None and engine_importable() is None:
+            from engine.api import Engine, FillRequest
+            from engine.config import EngineConfig
+            from engine.runner import Runner
+
+            runner = Runner(self.model, tok, device, dtype, cuda_graphs=False)
+            cfg = EngineConfig(device=str(device), dtype=str(dtype).removeprefix("torch."), window=window,
+                               end_penalty=END_PENALTY, refresh_every=self.refresh_every, cuda_graphs=False)
+            engine = Engine(runner, cfg)
+            reqs = [FillRequest(h.prefix, h.suffix, max_tokens=self.k, steps=self.steps) for h in w.texts]
+            jobs.append(("engine, eager, cache on", lambda: engine.fill_batch(reqs)))
+        gpu = device.type == "cuda"
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
+        for label, fn in jobs:
+            try:
+                fn()  # warm
+                self.sync()
+                with profile(activities=activities) as prof:
+                    fn()
+                    self.sync()
+                key = "self_cuda_time_total" if gpu else "self_cpu_time_total"
+                table = prof.key_averages().table(sort_by=key, row_limit=18, max_name_column_width=60)
+                print(f"== profile: {self.base['model']} batch {self.batch}, {label}, {self.steps} steps\n{table}",
+                      flush=True)
+            except Exception as exc:  # noqa: BLE001 - a profile is a bonus, never a reason to stop
+                print(f"== profile: {label} failed: {type(exc).__name__}: {exc}", flush=True)
 
     def ar_ours(self, mode: str, backend: str | None = None) -> None:
         """Our causal KV-cache decoder: eager, or its decode step as a CUDA graph and/or compiled."""
