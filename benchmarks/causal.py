@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from engine.model import Block, DiffusionLM, rotate_half
+from engine.model import Block, DiffusionLM, apply_rotary
 
 
 class CausalDecoder:
@@ -47,9 +47,8 @@ class CausalDecoder:
         q = attn.q_proj(h).view(b, s, self.num_heads, self.head_dim).transpose(1, 2)  # [B, h, S, D]
         k = attn.k_proj(h).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, kv, S, D]
         v = attn.v_proj(h).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, kv, S, D]
-        cos_, sin_ = cos.unsqueeze(1).to(q.dtype), sin.unsqueeze(1).to(q.dtype)  # [B, 1, S, D]
-        q = q * cos_ + rotate_half(q) * sin_
-        k = k * cos_ + rotate_half(k) * sin_
+        q = apply_rotary(q, cos, sin)  # cos, sin [B, 1, S, D] in q's dtype
+        k = apply_rotary(k, cos, sin)
         self.keys[i].index_copy_(2, at, k)  # [B, kv, T, D]
         self.values[i].index_copy_(2, at, v)
         out = F.scaled_dot_product_attention(
@@ -63,9 +62,9 @@ class CausalDecoder:
         """Logits [B, V] of the last of ids [B, S], which sit at positions at [S]; caches their keys and values."""
         m = self.model
         b, s = ids.shape
-        cos, sin = m.rotary(at.expand(b, s))  # [B, S, D]
         mask = (self.slots.unsqueeze(0) <= at.unsqueeze(1))[None, None]  # [1, 1, S, T]: causal, ignores stale slots
         x = m.embed_tokens(ids)  # [B, S, H]
+        cos, sin = m.rotary(at.expand(b, s), x.dtype)  # [B, 1, S, D]
         for i, layer in enumerate(m.layers):
             x = self._attend(layer, i, x, cos, sin, at, mask)
         logits = m.lm_head(m.norm(x[:, -1]))  # [B, V]
@@ -108,9 +107,9 @@ def reference_generate(model: DiffusionLM, prompt: Tensor, n: int, suppress: lis
     for _ in range(n):
         b, s = ids.shape
         positions = torch.arange(s, device=ids.device).expand(b, s)
-        cos, sin = model.rotary(positions)
         causal = torch.ones(s, s, dtype=torch.bool, device=ids.device).tril()[None, None]  # [1, 1, S, S]
         x = model.embed_tokens(ids)
+        cos, sin = model.rotary(positions, x.dtype)
         for layer in model.layers:
             x, _ = layer(x, cos, sin, causal, None, 0, False)
         logits = model.lm_head(model.norm(x[:, -1]))  # [B, V]
