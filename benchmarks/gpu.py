@@ -58,6 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-s", type=float, default=420.0, help="stop starting new measurements after this")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
     p.add_argument("--no-hf", action="store_true", help="skip the transformers baseline")
+    p.add_argument("--no-eager", action="store_true",
+                   help="on CUDA, skip the eager variants of the loop and our decoder (so compile gets the time)")
     p.add_argument("--profile", action="store_true",
                    help="also print where the time of one eager fill goes (torch.profiler), per model at batch 1")
     p.add_argument("--smoke", action="store_true", help="tiny shape, CPU allowed, one run each")
@@ -277,13 +279,13 @@ def main(argv: list[str] | None = None) -> int:
                 case.static(cache, fast)
             # 2. the engine as it is
             if why_no_engine is None and tok is not None:
-                case.engine(tok, window, device, dtype)
+                case.engine(tok, window, device, dtype, eager=not (cuda and args.no_eager))
             # 3. autoregressive baselines
             case.ar_ours(fast)
             if not why_no_hf:
                 case.ar_hf(tok)
             # 4. the eager variants of 1 and 3 on CUDA
-            if cuda:
+            if cuda and not args.no_eager:
                 for cache in (False, True):
                     case.static(cache, "eager")
                 case.ar_ours("eager")
@@ -358,9 +360,9 @@ class Case:
         self.measure("static-step", f"{mode} cache={'on' if cache else 'off'}", den.fill,
                      per_step=0 if cache else self.steps, prepare=den.prepare)
 
-    def engine(self, tok: Any, window: int, device: torch.device, dtype: torch.dtype) -> None:
-        """engine.api.Engine.fill_batch as it is: with its CUDA graphs (on CUDA), then eager with the cache on and
-        off; each checks that the static loop makes the same tokens."""
+    def engine(self, tok: Any, window: int, device: torch.device, dtype: torch.dtype, eager: bool = True) -> None:
+        """engine.api.Engine.fill_batch as it is: with its CUDA graphs (on CUDA), then (unless eager is False) eager
+        with the cache on and off; each checks that the static loop makes the same tokens."""
         import dataclasses
 
         from engine.api import Engine, FillRequest
@@ -372,7 +374,7 @@ class Case:
                             end_penalty=END_PENALTY, refresh_every=self.refresh_every)
         reqs = [FillRequest(h.prefix, h.suffix, max_tokens=self.k, steps=self.steps) for h in w.texts]
         variants = [("graph", True)] if device.type == "cuda" else []
-        for mode, cache in variants + [("eager", True), ("eager", False)]:
+        for mode, cache in variants + ([("eager", True), ("eager", False)] if eager else []):
             runner = Runner(self.model, tok, device, dtype, cuda_graphs=mode == "graph")
             engine = Engine(runner, dataclasses.replace(base, cache=cache, cuda_graphs=mode == "graph"))
             try:

@@ -27,6 +27,10 @@
 #   run(command="INIT=/tmp/codefill-session-work.XXXXXX/model DATA=/tmp/codefill-data EXTEND=0 EVAL=0 \
 #       TRAIN_MINUTES=3.2 HARD_S=262 TOTAL_S=285 bash training/device_session.sh", timeout_s=300)
 # (the directory is named in the first call's output; /tmp/codefill-data holds the data extend made there).
+# Or spend the rest on the GPU benchmark alone (the fifth session's second call; --profile prints where a step's
+# time goes; --no-eager --no-hf skip rows measured twice already, so the torch.compile rows get the time):
+#   run(command="OUT=$OUT TIMEOUT_S=200 BUDGET_S=145 bash benchmarks/device.sh --profile --no-eager --no-hf \
+#       >/dev/null 2>&1; cat $OUT/device.log", timeout_s=215)
 set -u
 cd "$(dirname "$0")/.."
 start=$SECONDS
