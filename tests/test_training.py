@@ -259,3 +259,28 @@ def test_parallel_tokenizing_matches_the_serial_one(tiny_data: Path) -> None:
     parallel = tokenize_parallel(texts, tiny_data / "tokenizer.json", workers=2, chunk=4)
     for field in ("tokens", "doc_starts", "spans"):
         assert np.array_equal(getattr(parallel, field), getattr(serial, field)), field
+
+
+def test_parallel_gathering_matches_the_serial_one(tmp_path: Path, fake_distribution) -> None:
+    from training.corpus import gather, installed_distributions
+
+    site = tmp_path / "site"
+    for i in range(3):
+        files = {f"pkg{i}/m{j}.py": f"def f{j}(x):\n    return x * {i + j}\n" for j in range(5)}
+        files[f"pkg{i}/same.py"] = "SHARED = compute_value(1, 2, 3)\n"  # the same file in every package: kept once
+        fake_distribution(site, f"pkg{i}", files, "License: MIT")
+    fake_distribution(site, "closed", {"closed/a.py": "secret = unlock(42)\n"}, "License: GPL-3.0")
+    dists = installed_distributions([], [str(site)])
+    serial = gather([], distributions=dists, valid_share=False, workers=1)
+    parallel = gather([], distributions=dists, valid_share=False, workers=2)
+    assert parallel.train == serial.train and parallel.sources == serial.sources
+    assert len(serial.train) == 3 * 5 + 1 and [s["name"] for s in serial.sources] == ["pkg0", "pkg1", "pkg2"]
+    assert sum("compute_value" in t for t in serial.train) == 1 and not any("unlock" in t for t in serial.train)
+
+
+def test_good_text_counts_letters_and_digits_as_isalnum_does() -> None:
+    from training.corpus import good_text
+
+    for text in ["x = 1\n", "__ = __\n" * 3, "\u00e9t\u00e9 = '\u00b2\u00bd\u0663'\n", "# ---- ==== ----\n", "\u4e2d\u6587 = 1\n"]:
+        expected = sum(ch.isalnum() for ch in text) / len(text) > 0.25
+        assert good_text(text) == expected, text

@@ -190,7 +190,8 @@ def extend(data: Path, out: Path, workers: int = 0, path: list[str] | None = Non
     dists = installed_distributions([s["name"] for s in sources], path)
     # Largest projects first: when time runs out, the many small ones are what is left out.
     dists.sort(key=lambda d: -len(d.files or []))
-    corpus = gather([], distributions=dists, valid_share=False, deadline=time.monotonic() + gather_s)
+    corpus = gather([], distributions=dists, valid_share=False, deadline=time.monotonic() + gather_s,
+                    workers=workers)
     t1 = time.time()
     extra = tokenize_parallel(corpus.train, data / "tokenizer.json", workers)
     t2 = time.time()
