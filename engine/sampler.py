@@ -113,6 +113,7 @@ def denoise(
     no_stop = positions.unsqueeze(0) < (cfg.min_tokens + healed).unsqueeze(1)  # [B, K]: may not hold a stop
     any_no_stop = cfg.min_tokens > 0 or first_allowed is not None  # known on the host: no sync in the loop
     banned_first = None
+    stop_cols: Tensor | None = None  # the stop ids inside the logits' vocabulary
 
     def first_stop(span: Tensor) -> Tensor:
         """Index of each fill's first committed stop token, or K: [B]."""
@@ -130,7 +131,8 @@ def denoise(
         logits = predict(span, step).float()  # [B, K, V]
         passes += 1
         logits[..., mask_id] = -math.inf
-        stop_cols = stop_ids[stop_ids < logits.shape[-1]]
+        if stop_cols is None:  # once: a boolean index waits for the device to know its size
+            stop_cols = stop_ids[stop_ids < logits.shape[-1]]
         if cfg.end_penalty:
             logits[..., stop_cols] -= cfg.end_penalty
         if any_no_stop:
