@@ -325,6 +325,7 @@ class Case:
                      "bound_step_ms": self.bound_ms}
         self.max_len = int(w.prompt.shape[1]) + k
         self.ar_base = {"prompt_tokens": int(w.prompt.shape[1])}
+        self.engine_args: tuple[Any, int, torch.device, torch.dtype] | None = None  # set by engine()
 
     def measure(self, method: str, variant: str, fn: Callable[[], Any], per_step: int = 0,
                 prepare: Callable[[], Any] | None = None, **extra: Any) -> None:
@@ -360,9 +361,12 @@ class Case:
         self.measure("static-step", f"{mode} cache={'on' if cache else 'off'}", den.fill,
                      per_step=0 if cache else self.steps, prepare=den.prepare)
 
-    def engine(self, tok: Any, window: int, device: torch.device, dtype: torch.dtype, eager: bool = True) -> None:
+    def engine(self, tok: Any, window: int, device: torch.device, dtype: torch.dtype, eager: bool = True,
+               modes: tuple[str, ...] | None = None) -> None:
         """engine.api.Engine.fill_batch as it is: with its CUDA graphs (on CUDA), then (unless eager is False) eager
-        with the cache on and off; each checks that the static loop makes the same tokens."""
+        with the cache on and off; each checks that the static loop makes the same tokens. modes replaces the list
+        (e.g. ("compile+graph",): EngineConfig.compile, steps compiled before they are captured)."""
+        self.engine_args = (tok, window, device, dtype)
         import dataclasses
 
         from engine.api import Engine, FillRequest
@@ -374,9 +378,13 @@ class Case:
                             end_penalty=END_PENALTY, refresh_every=self.refresh_every)
         reqs = [FillRequest(h.prefix, h.suffix, max_tokens=self.k, steps=self.steps) for h in w.texts]
         variants = [("graph", True)] if device.type == "cuda" else []
-        for mode, cache in variants + ([("eager", True), ("eager", False)] if eager else []):
-            runner = Runner(self.model, tok, device, dtype, cuda_graphs=mode == "graph")
-            engine = Engine(runner, dataclasses.replace(base, cache=cache, cuda_graphs=mode == "graph"))
+        variants += [("eager", True), ("eager", False)] if eager else []
+        if modes is not None:
+            variants = [(m, True) for m in modes]
+        for mode, cache in variants:
+            graphed, compiled = "graph" in mode, "compile" in mode
+            runner = Runner(self.model, tok, device, dtype, cuda_graphs=graphed, compile_steps=compiled)
+            engine = Engine(runner, dataclasses.replace(base, cache=cache, cuda_graphs=graphed, compile=compiled))
             try:
                 fills = engine.fill_batch(reqs)
                 den = StaticDenoiser(self.model, w.lay, self.steps, w.mask_id, w.end_ids, END_PENALTY, cache=cache,
@@ -384,7 +392,7 @@ class Case:
                 same: Any = den.fill().tolist() == [f.tokens for f in fills]
             except Exception as exc:
                 same = f"check failed: {exc}"
-            extra = {"graphs_in_use": runner.graphs is not None} if mode == "graph" else {}
+            extra = {"graphs_in_use": runner.graphs is not None} if graphed else {}
             self.measure("engine", f"{mode} cache={'on' if cache else 'off'}", lambda: engine.fill_batch(reqs),
                          static_loop_same_tokens=same, **extra)
 
@@ -451,8 +459,11 @@ class Case:
 
 
     def compiled(self) -> None:
-        """torch.compile (inductor), captured as CUDA graphs and alone, for the loop and the decoder."""
+        """torch.compile (inductor), captured as CUDA graphs and alone, for the loop and the decoder; and the
+        engine with its steps compiled (EngineConfig.compile), when it was measured before."""
         self.static(False, "compile+graph")
+        if self.engine_args is not None:
+            self.engine(*self.engine_args, modes=("compile+graph",))
         self.ar_ours("compile+graph")
         self.static(False, "compile")
 

@@ -93,7 +93,8 @@ class Engine:
         if dev.type == "cpu":
             torch.set_num_threads(pick_threads(config.threads, model.cfg.num_parameters()))
             retain_freed_memory()
-        return cls(Runner(model, tok, dev, dt, cuda_graphs=config.cuda_graphs, int8=int8), config, model_path)
+        runner = Runner(model, tok, dev, dt, cuda_graphs=config.cuda_graphs, int8=int8, compile_steps=config.compile)
+        return cls(runner, config, model_path)
 
     @property
     def tokenizer(self) -> CodeTokenizer:

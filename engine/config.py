@@ -103,3 +103,4 @@ class EngineConfig:
     refresh_every: int = 4  # recompute the whole window every N steps
     threads: int = 0  # CPU threads for torch; 0: auto (see runner.pick_threads)
     cuda_graphs: bool = True  # on a GPU, replay each step as a captured CUDA graph (engine.graphs)
+    compile: bool = False  # with cuda_graphs: torch.compile each step shape before capturing it (fewer kernels)

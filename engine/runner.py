@@ -144,8 +144,9 @@ class Runner:
     """Runs a model over laid-out batches; thread-safe (one batch on the device at a time)."""
 
     def __init__(self, model: DiffusionLM, tok: CodeTokenizer, device: torch.device, dtype: torch.dtype,
-                 cuda_graphs: bool = False, int8: bool = False) -> None:
-        """cuda_graphs: on a CUDA device, replay each step shape as a captured graph (engine.graphs).
+                 cuda_graphs: bool = False, int8: bool = False, compile_steps: bool = False) -> None:
+        """cuda_graphs: on a CUDA device, replay each step shape as a captured graph (engine.graphs); with
+        compile_steps, each is compiled (torch.compile, inductor) before it is captured.
         int8: on the CPU, int8 weights in the transformer layers (engine.quantize)."""
         self.model = model.to(device=device, dtype=dtype).eval()
         self.int8 = bool(int8 and quantize.quantize_blocks(self.model.layers))
@@ -156,7 +157,7 @@ class Runner:
         self.shift = model.cfg.logits_shift
         self.graphs: GraphCache | None = None
         if cuda_graphs and device.type == "cuda":
-            self.graphs = GraphCache(self.model, capture=True)
+            self.graphs = GraphCache(self.model, capture=True, compile_backend="inductor" if compile_steps else None)
 
     @property
     def precision(self) -> str:

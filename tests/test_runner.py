@@ -175,6 +175,29 @@ def test_static_step_buffers_give_the_dynamic_path_fills(runner: Runner, shift: 
         runner.shift = runner.model.cfg.logits_shift
 
 
+def test_compiled_static_steps_trace_whole_and_fill_the_same(runner: Runner) -> None:
+    """EngineConfig.compile hands each fixed-shape step to torch.compile before capture; here (no CUDA) the eager
+    backend checks that both steps trace as one graph each (fullgraph) and fill exactly as uncompiled."""
+    import torch._dynamo
+
+    from engine.graphs import GraphCache
+
+    windows = [build_window(runner.tok, PREFIX, SUFFIX, 12), build_window(runner.tok, "x = [", "]\n", 5)]
+    cfg = SamplerConfig(steps=6, min_tokens=3)
+    torch._dynamo.reset()
+    try:
+        runner.graphs = GraphCache(runner.model, capture=False)
+        plain, _ = runner.run(windows, cfg, [runner.tok.end_id], cache=True, refresh_every=4)
+        runner.graphs = GraphCache(runner.model, capture=False, compile_backend="eager")
+        compiled, _ = runner.run(windows, cfg, [runner.tok.end_id], cache=True, refresh_every=4)
+        entry = next(iter(runner.graphs.entries.values()))
+        assert set(entry.compiled) == {"full", "block"}  # both kinds of step went through torch.compile
+        assert torch.equal(compiled.span, plain.span) and compiled.lengths == plain.lengths
+    finally:
+        runner.graphs = None
+        torch._dynamo.reset()
+
+
 def test_freed_memory_is_kept_on_glibc() -> None:
     import sys
 
