@@ -145,6 +145,13 @@ class GraphCache:
         self.capture = capture
         self.keep = keep
         self.compile_backend = compile_backend
+        if compile_backend is not None:
+            # Every shape's steps are the same two methods on another StepGraphs: dynamo counts each as a recompile
+            # of those methods and, past its limit (8), would quietly run them uncompiled.
+            import torch._dynamo.config as dynamo_config
+
+            name = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"
+            setattr(dynamo_config, name, max(getattr(dynamo_config, name), 64))
         self.entries: OrderedDict[tuple[int, int, int, int, bool], StepGraphs] = OrderedDict()
 
     def get(self, rows: int, width: int, span_len: int, shift: int, cache: bool) -> StepGraphs:
