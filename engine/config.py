@@ -89,7 +89,7 @@ class EngineConfig:
     window: int = 256  # tokens in the window: prefix + span + suffix
     max_span: int = 128
     steps: int = 0  # 0: choose from the span length (see sampler.default_steps)
-    tokens_per_step: int = 0  # what steps=0 aims at; 0: 4 on the CPU, 2 on a GPU
+    tokens_per_step: int = 0  # what steps=0 aims at; 0: 3 on the CPU, 2 on a GPU
     order: str = "confidence"  # confidence, margin, entropy
     threshold: float = 0.0  # > 0: commit every masked position above this confidence (at least one per step)
     temperature: float = 0.0
@@ -100,7 +100,7 @@ class EngineConfig:
     line_stage: int = 16  # single-line fills: this many tokens first, the rest of the budget only if the line goes on
     block_stage: int = 32  # the same for multi-line fills (0: one stage)
     cache: bool = True  # reuse the context's keys and values between refreshes
-    refresh_every: int = 4  # recompute the whole window every N steps
+    refresh_every: int = 0  # recompute the whole window every N steps; 0: 8 on the CPU, 4 on a GPU
     threads: int = 0  # CPU threads for torch; 0: auto (see runner.pick_threads)
     cuda_graphs: bool = True  # on a GPU, replay each step as a captured CUDA graph (engine.graphs)
     compile: bool = False  # with cuda_graphs: torch.compile each step shape before capturing it (fewer kernels)

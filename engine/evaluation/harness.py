@@ -265,7 +265,7 @@ def describe_run(engine: Any, args: argparse.Namespace, specs: list[TaskSetSpec]
         "model": str(engine.path), "model_parameters": params, "device": _device_name(engine),
         "dtype": engine.runner.precision,
         "decoding": {"greedy": True, "steps": args.steps or "engine default", "order": c.order,
-                     "threshold": c.threshold, "cache": c.cache, "refresh_every": c.refresh_every,
+                     "threshold": c.threshold, "cache": c.cache, "refresh_every": engine.refresh_every, "tokens_per_step": engine.tokens_per_step,
                      "window": c.window, "max_span": c.max_span, "batch_size": args.batch_size,
                      "cuda_graphs": engine.runner.graphs is not None},
         "selection": selection,
