@@ -267,10 +267,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"model {name}: {weights}; {params / 1e6:.1f}M parameters", flush=True)
         for batch in batches:
             w = make_workload(tok, cfg.vocab_size, batch, k, window, device)
+            engine_setup = (tok, window, device, dtype) if why_no_engine is None and tok is not None else None
             case = Case(rec, model, name, w, batch, k, steps, args.refresh_every, reps, warmup, sync, deadline,
-                        args.peak_tflops, backend)
+                        args.peak_tflops, backend, engine_setup)
             if args.profile and batch == batches[0]:
-                case.profile(tok, window, device, dtype)
+                case.profile()
             # The figures that matter most first, so a short budget still gets them: on CUDA the graph-captured
             # loop and decoder, the engine as it is and transformers; the eager variants after them.
             fast = "graph" if cuda else "eager"
@@ -278,8 +279,8 @@ def main(argv: list[str] | None = None) -> int:
             for cache in (False, True):
                 case.static(cache, fast)
             # 2. the engine as it is
-            if why_no_engine is None and tok is not None:
-                case.engine(tok, window, device, dtype, eager=not (cuda and args.no_eager))
+            if engine_setup is not None:
+                case.engine(eager=not (cuda and args.no_eager))
             # 3. autoregressive baselines
             case.ar_ours(fast)
             if not why_no_hf:
@@ -314,7 +315,9 @@ class Case:
 
     def __init__(self, rec: Recorder, model: Any, name: str, w: Workload, batch: int, k: int, steps: int,
                  refresh_every: int, reps: int, warmup: int, sync: Callable[[], None], deadline: float,
-                 peak_tflops: float, backend: str) -> None:
+                 peak_tflops: float, backend: str,
+                 engine_setup: tuple[Any, int, torch.device, torch.dtype] | None = None) -> None:
+        """engine_setup: (tokenizer, window, device, dtype) for the engine's rows; None where it does not import."""
         self.rec, self.model, self.w, self.batch, self.k, self.steps = rec, model, w, batch, k, steps
         self.refresh_every, self.reps, self.warmup, self.sync = refresh_every, reps, warmup, sync
         self.deadline, self.backend = deadline, backend
@@ -325,7 +328,7 @@ class Case:
                      "bound_step_ms": self.bound_ms}
         self.max_len = int(w.prompt.shape[1]) + k
         self.ar_base = {"prompt_tokens": int(w.prompt.shape[1])}
-        self.engine_args: tuple[Any, int, torch.device, torch.dtype] | None = None  # set by engine()
+        self.engine_setup = engine_setup
 
     def measure(self, method: str, variant: str, fn: Callable[[], Any], per_step: int = 0,
                 prepare: Callable[[], Any] | None = None, **extra: Any) -> None:
@@ -361,30 +364,35 @@ class Case:
         self.measure("static-step", f"{mode} cache={'on' if cache else 'off'}", den.fill,
                      per_step=0 if cache else self.steps, prepare=den.prepare)
 
-    def engine(self, tok: Any, window: int, device: torch.device, dtype: torch.dtype, eager: bool = True,
-               modes: tuple[str, ...] | None = None) -> None:
-        """engine.api.Engine.fill_batch as it is: with its CUDA graphs (on CUDA), then (unless eager is False) eager
-        with the cache on and off; each checks that the static loop makes the same tokens. modes replaces the list
-        (e.g. ("compile+graph",): EngineConfig.compile, steps compiled before they are captured)."""
-        self.engine_args = (tok, window, device, dtype)
+    def _engine(self, mode: str, cache: bool) -> tuple[Any, Any, list[Any]]:
+        """The runner, engine and requests of one engine variant ("eager", "graph", "compile+graph")."""
         import dataclasses
 
         from engine.api import Engine, FillRequest
         from engine.config import EngineConfig
         from engine.runner import Runner
 
+        assert self.engine_setup is not None
+        tok, window, device, dtype = self.engine_setup
+        graphed, compiled = "graph" in mode, "compile" in mode
+        cfg = EngineConfig(device=str(device), dtype=str(dtype).removeprefix("torch."), window=window,
+                           end_penalty=END_PENALTY, refresh_every=self.refresh_every)
+        runner = Runner(self.model, tok, device, dtype, cuda_graphs=graphed, compile_steps=compiled)
+        engine = Engine(runner, dataclasses.replace(cfg, cache=cache, cuda_graphs=graphed, compile=compiled))
+        reqs = [FillRequest(h.prefix, h.suffix, max_tokens=self.k, steps=self.steps) for h in self.w.texts]
+        return runner, engine, reqs
+
+    def engine(self, eager: bool = True, modes: tuple[str, ...] | None = None) -> None:
+        """engine.api.Engine.fill_batch as it is: with its CUDA graphs (on CUDA), then (unless eager is False) eager
+        with the cache on and off; each checks that the static loop makes the same tokens. modes replaces the list
+        (e.g. ("compile+graph",): EngineConfig.compile, steps compiled before they are captured)."""
         w = self.w
-        base = EngineConfig(device=str(device), dtype=str(dtype).removeprefix("torch."), window=window,
-                            end_penalty=END_PENALTY, refresh_every=self.refresh_every)
-        reqs = [FillRequest(h.prefix, h.suffix, max_tokens=self.k, steps=self.steps) for h in w.texts]
-        variants = [("graph", True)] if device.type == "cuda" else []
+        variants = [("graph", True)] if self.engine_setup[2].type == "cuda" else []
         variants += [("eager", True), ("eager", False)] if eager else []
         if modes is not None:
             variants = [(m, True) for m in modes]
         for mode, cache in variants:
-            graphed, compiled = "graph" in mode, "compile" in mode
-            runner = Runner(self.model, tok, device, dtype, cuda_graphs=graphed, compile_steps=compiled)
-            engine = Engine(runner, dataclasses.replace(base, cache=cache, cuda_graphs=graphed, compile=compiled))
+            runner, engine, reqs = self._engine(mode, cache)
             try:
                 fills = engine.fill_batch(reqs)
                 den = StaticDenoiser(self.model, w.lay, self.steps, w.mask_id, w.end_ids, END_PENALTY, cache=cache,
@@ -392,11 +400,11 @@ class Case:
                 same: Any = den.fill().tolist() == [f.tokens for f in fills]
             except Exception as exc:
                 same = f"check failed: {exc}"
-            extra = {"graphs_in_use": runner.graphs is not None} if graphed else {}
+            extra = {"graphs_in_use": runner.graphs is not None} if "graph" in mode else {}
             self.measure("engine", f"{mode} cache={'on' if cache else 'off'}", lambda: engine.fill_batch(reqs),
                          static_loop_same_tokens=same, **extra)
 
-    def profile(self, tok: Any, window: int, device: torch.device, dtype: torch.dtype) -> None:
+    def profile(self) -> None:
         """Print the operators that take the time of one eager fill (static loop, cache off), and of one engine
         fill when the engine imports: device time where there is a GPU, else CPU time."""
         from torch.profiler import ProfilerActivity, profile
@@ -405,18 +413,10 @@ class Case:
         den = StaticDenoiser(self.model, w.lay, self.steps, w.mask_id, w.end_ids, END_PENALTY, cache=False,
                              refresh_every=self.refresh_every, mode="eager", backend=self.backend)
         jobs: list[tuple[str, Callable[[], Any]]] = [("static loop, eager, cache off", den.fill)]
-        if tok is not None and engine_importable() is None:
-            from engine.api import Engine, FillRequest
-            from engine.config import EngineConfig
-            from engine.runner import Runner
-
-            runner = Runner(self.model, tok, device, dtype, cuda_graphs=False)
-            cfg = EngineConfig(device=str(device), dtype=str(dtype).removeprefix("torch."), window=window,
-                               end_penalty=END_PENALTY, refresh_every=self.refresh_every, cuda_graphs=False)
-            engine = Engine(runner, cfg)
-            reqs = [FillRequest(h.prefix, h.suffix, max_tokens=self.k, steps=self.steps) for h in w.texts]
+        if self.engine_setup is not None:
+            _, engine, reqs = self._engine("eager", cache=True)
             jobs.append(("engine, eager, cache on", lambda: engine.fill_batch(reqs)))
-        gpu = device.type == "cuda"
+        gpu = w.lay.ids.device.type == "cuda"
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if gpu else [])
         for label, fn in jobs:
             try:
@@ -462,8 +462,8 @@ class Case:
         """torch.compile (inductor), captured as CUDA graphs and alone, for the loop and the decoder; and the
         engine with its steps compiled (EngineConfig.compile), when it was measured before."""
         self.static(False, "compile+graph")
-        if self.engine_args is not None:
-            self.engine(*self.engine_args, modes=("compile+graph",))
+        if self.engine_setup is not None:
+            self.engine(modes=("compile+graph",))
         self.ar_ours("compile+graph")
         self.static(False, "compile")
 

@@ -115,13 +115,14 @@ def fingerprint(text: str) -> tuple[str, bool]:
     return hashlib.sha1(norm.encode()).hexdigest(), good_text(text)
 
 
+def _scored(text: str) -> tuple[str, str, bool]:
+    """(text, digest, good): a file as gather adds it."""
+    return (text, *fingerprint(text))
+
+
 def _read_scored(paths: list[str]) -> list[tuple[str, str, bool]]:
-    """(text, digest, good) of each file: the part of gathering that runs in worker processes."""
-    out = []
-    for path in paths:
-        text = Path(path).read_text("utf-8", errors="replace")
-        out.append((text, *fingerprint(text)))
-    return out
+    """The files at paths, scored: the part of gathering that runs in worker processes."""
+    return [_scored(Path(path).read_text("utf-8", errors="replace")) for path in paths]
 
 
 def gather(roots: list[Path], suffixes: tuple[str, ...] = (".py",),
@@ -135,8 +136,7 @@ def gather(roots: list[Path], suffixes: tuple[str, ...] = (".py",),
     seen: set[str] = set()
     corpus = Corpus()
 
-    def add(text: str, scored: tuple[str, bool] | None = None) -> bool:
-        digest, good = scored or fingerprint(text)
+    def add(text: str, digest: str, good: bool) -> bool:
         if digest in seen or not good:
             return False
         seen.add(digest)
@@ -145,18 +145,15 @@ def gather(roots: list[Path], suffixes: tuple[str, ...] = (".py",),
         (corpus.valid if held_out else corpus.train).append(text)
         return True
 
-    def take(label: str, lic: str, texts: Iterable[str]) -> int | None:
-        """Add a package's files when its license is known to be permissive; None (with a note) otherwise."""
+    def take(label: str, lic: str, scored: Iterable[tuple[str, str, bool]]) -> int | None:
+        """Add a package's scored files when its license is known to be permissive; None (with a note) otherwise."""
         if not permissive(lic):
             print(f"skip {label}: license {lic!r} is not known to be permissive", file=sys.stderr)
             return None
-        return sum(add(text) for text in texts)
+        return sum(add(*item) for item in scored)
 
     for name, lic, scored in _read_distributions(list(distributions), suffixes, workers, deadline):
-        if not permissive(lic):
-            print(f"skip {name}: license {lic!r} is not known to be permissive", file=sys.stderr)
-            continue
-        n = sum(add(text, (digest, good)) for text, digest, good in scored)
+        n = take(name, lic, scored)
         if n:
             corpus.sources.append({"name": name, "license": lic, "files": str(n)})
 
@@ -168,7 +165,7 @@ def gather(roots: list[Path], suffixes: tuple[str, ...] = (".py",),
                 name, lic = wheel_license(zf)
                 texts = (zf.read(m).decode("utf-8", "replace") for m in zf.namelist()
                          if keep_path(m, suffixes) and zf.getinfo(m).file_size <= MAX_FILE_BYTES)
-                n = take(root.name, lic, texts)
+                n = take(root.name, lic, map(_scored, texts))
                 if n is not None:
                     corpus.sources.append({"name": name, "license": lic, "files": str(n)})
             continue
@@ -176,7 +173,7 @@ def gather(roots: list[Path], suffixes: tuple[str, ...] = (".py",),
         for path in sorted(root.rglob("*")):
             rel = str(path.relative_to(root))
             if path.is_file() and keep_path(rel, suffixes) and path.stat().st_size <= MAX_FILE_BYTES:
-                n += add(path.read_text("utf-8", errors="replace"))
+                n += add(*_scored(path.read_text("utf-8", errors="replace")))
         label = "Python standard library" if root == Path(sysconfig.get_paths()["stdlib"]) else root.name
         corpus.sources.append({"name": label, "license": "PSF" if "standard" in label else "see source", "files": str(n)})
     return corpus
