@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from engine.model import Block, DiffusionLM, apply_rotary
+from engine.model import Block, DiffusionLM
 
 
 class CausalDecoder:
@@ -44,11 +44,7 @@ class CausalDecoder:
         attn = layer.attn
         b, s, _ = x.shape
         h = layer.input_norm(x)
-        q = attn.q_proj(h).view(b, s, self.num_heads, self.head_dim).transpose(1, 2)  # [B, h, S, D]
-        k = attn.k_proj(h).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, kv, S, D]
-        v = attn.v_proj(h).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, kv, S, D]
-        q = apply_rotary(q, cos, sin)  # cos, sin [B, 1, S, D] in q's dtype
-        k = apply_rotary(k, cos, sin)
+        q, k, v = attn.project(h, cos, sin)  # the diffusion model's own projections (fused or not), rotated
         self.keys[i].index_copy_(2, at, k)  # [B, kv, T, D]
         self.values[i].index_copy_(2, at, v)
         out = F.scaled_dot_product_attention(

@@ -43,7 +43,7 @@ def hf_config(cfg: ModelConfig) -> Any:
 def hf_state_dict(model: DiffusionLM) -> dict[str, Tensor]:
     """Our parameter names -> transformers' LLaMA/Qwen2 names."""
     out: dict[str, Tensor] = {}
-    for name, t in model.state_dict().items():
+    for name, t in model.plain_state_dict().items():
         if name == "lm_head.weight":
             out[name] = t
             continue

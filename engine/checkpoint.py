@@ -488,7 +488,7 @@ def save_model(
     out.mkdir(parents=True, exist_ok=True)
     cfg = model.cfg
     state: dict[str, torch.Tensor] = {}
-    for name, t in model.state_dict().items():
+    for name, t in model.plain_state_dict().items():
         if cfg.tie_embeddings and name == "lm_head.weight":
             continue
         t = t.detach()

@@ -62,6 +62,31 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(h, kv, bias=cfg.qkv_bias)
         self.v_proj = nn.Linear(h, kv, bias=cfg.qkv_bias)
         self.o_proj = nn.Linear(h, h, bias=False)
+        self.qkv_proj: nn.Linear | None = None  # set by fuse(): q, k and v in one matmul
+
+    def fuse(self) -> None:
+        """Inference only: replace q_proj, k_proj and v_proj by one qkv_proj holding their rows in that order
+        (one matmul and one rotary pass for q and k together instead of three and two; the same outputs)."""
+        if self.qkv_proj is not None:
+            return
+        self.qkv_proj = _concat_linears([self.q_proj, self.k_proj, self.v_proj])
+        del self.q_proj, self.k_proj, self.v_proj
+
+    def project(self, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries [B, h, S, D] and keys [B, kv, S, D], rotated, and values [B, kv, S, D] for x [B, S, H]."""
+        b, s, _ = x.shape
+        if self.qkv_proj is not None:
+            qkv = self.qkv_proj(x).view(b, s, -1, self.head_dim).transpose(1, 2)  # [B, h + 2 kv, S, D]
+            if cos.dtype != qkv.dtype:
+                cos, sin = cos.to(qkv.dtype), sin.to(qkv.dtype)
+            qk = apply_rotary(qkv[:, : self.num_heads + self.num_kv_heads], cos, sin)
+            return qk[:, : self.num_heads], qk[:, self.num_heads :], qkv[:, self.num_heads + self.num_kv_heads :]
+        q = self.q_proj(x).view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        if cos.dtype != q.dtype:  # under autocast (training); at inference the model casts them once per pass
+            cos, sin = cos.to(q.dtype), sin.to(q.dtype)
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
 
     def forward(
         self,
@@ -74,13 +99,7 @@ class Attention(nn.Module):
         fill_cache: bool,
     ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
         b, s, _ = x.shape
-        q = self.q_proj(x).view(b, s, self.num_heads, self.head_dim).transpose(1, 2)  # [B, h, S, D]
-        k = self.k_proj(x).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, kv, S, D]
-        v = self.v_proj(x).view(b, s, self.num_kv_heads, self.head_dim).transpose(1, 2)  # [B, kv, S, D]
-        if cos.dtype != q.dtype:  # under autocast (training); at inference the model casts them once per pass
-            cos, sin = cos.to(q.dtype), sin.to(q.dtype)
-        q = apply_rotary(q, cos, sin)
-        k = apply_rotary(k, cos, sin)
+        q, k, v = self.project(x, cos, sin)
         new_cache = None
         if cache is not None and not fill_cache:
             keys, values = cache
@@ -104,9 +123,37 @@ class MLP(nn.Module):
         self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.gate_up_proj: nn.Linear | None = None  # set by fuse()
+
+    def fuse(self) -> None:
+        """Inference only: gate_proj and up_proj as one matmul (gate_up_proj, gate rows first)."""
+        if self.gate_up_proj is not None:
+            return
+        self.gate_up_proj = _concat_linears([self.gate_proj, self.up_proj])
+        del self.gate_proj, self.up_proj
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.gate_up_proj is not None:
+            gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+            return self.down_proj(F.silu(gate) * up)
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+def _concat_linears(parts: list[nn.Linear]) -> nn.Linear:
+    """One nn.Linear whose output is the parts' outputs side by side (same device and dtype, no grad)."""
+    w = parts[0].weight
+    out = nn.Linear(w.shape[1], sum(p.out_features for p in parts), bias=parts[0].bias is not None,
+                    device=w.device, dtype=w.dtype)
+    with torch.no_grad():
+        out.weight.copy_(torch.cat([p.weight for p in parts]))
+        if out.bias is not None:
+            out.bias.copy_(torch.cat([p.bias for p in parts]))
+    out.requires_grad_(False)
+    return out
+
+
+# fused module name -> (unfused names in order); plain_state_dict splits along the output rows
+FUSED = {"attn.qkv_proj": ("attn.q_proj", "attn.k_proj", "attn.v_proj"), "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj")}
 
 
 class Block(nn.Module):
@@ -162,6 +209,33 @@ class DiffusionLM(nn.Module):
                 std = 0.02 / (2 * self.cfg.num_layers) ** 0.5
             with torch.no_grad():
                 p.copy_(torch.randn(p.shape, generator=g) * std)
+
+    def fuse_projections(self) -> DiffusionLM:
+        """Inference only: every layer's q/k/v and gate/up projections as one matmul each (Attention.fuse,
+        MLP.fuse); the outputs are the same. Call after moving the model to its device and dtype and before
+        quantizing it. state_dict() then names the fused weights; plain_state_dict() gives the usual names."""
+        for layer in self.layers:
+            layer.attn.fuse()
+            layer.mlp.fuse()
+        return self
+
+    def plain_state_dict(self) -> dict[str, Tensor]:
+        """state_dict() with every fused projection split back into its parts' names (the checkpoint layout)."""
+        cfg = self.cfg
+        kv = cfg.num_kv_heads * cfg.head_dim
+        sizes = {"attn.qkv_proj": [cfg.num_heads * cfg.head_dim, kv, kv],
+                 "mlp.gate_up_proj": [cfg.intermediate_size, cfg.intermediate_size]}
+        out: dict[str, Tensor] = {}
+        for name, t in self.state_dict().items():
+            prefix, _, leaf = name.rpartition(".")
+            fused = next((f for f in FUSED if prefix.endswith("." + f)), None)
+            if fused is None:
+                out[name] = t
+                continue
+            head = prefix[: -len(fused)]
+            for part, piece in zip(FUSED[fused], t.split(sizes[fused]), strict=True):
+                out[f"{head}{part}.{leaf}"] = piece
+        return out
 
     def rotary(self, positions: Tensor, dtype: torch.dtype = torch.float32) -> tuple[Tensor, Tensor]:
         """cos and signed sin (see apply_rotary) for the given positions [B, S] -> each [B, 1, S, head_dim], computed

@@ -148,7 +148,7 @@ class Runner:
         """cuda_graphs: on a CUDA device, replay each step shape as a captured graph (engine.graphs); with
         compile_steps, each is compiled (torch.compile, inductor) before it is captured.
         int8: on the CPU, int8 weights in the transformer layers (engine.quantize)."""
-        self.model = model.to(device=device, dtype=dtype).eval()
+        self.model = model.to(device=device, dtype=dtype).eval().fuse_projections()
         self.int8 = bool(int8 and quantize.quantize_blocks(self.model.layers))
         self.tok = tok
         self.device = device

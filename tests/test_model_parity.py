@@ -475,3 +475,31 @@ def test_block_mode_respects_key_mask() -> None:
         full_other, _ = model(other, key_mask=key_mask)
     assert max_diff(block, full[:, start:stop]) < TOL
     assert max_diff(full[1, :9], full_other[1, :9]) < TOL
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Fused projections (inference): q/k/v and gate/up as one matmul each
+
+
+@pytest.mark.parametrize("qkv_bias", [False, True])
+def test_fused_projections_fill_the_same_and_keep_the_checkpoint_names(qkv_bias: bool) -> None:
+    import copy
+
+    model = tiny_model(seed=3, qkv_bias=qkv_bias)
+    plain = {k: v.clone() for k, v in model.state_dict().items()}
+    ids = random_ids(8, VOCAB, batch=2, length=16)
+    fused = copy.deepcopy(model).fuse_projections()
+    layer = fused.layers[0]
+    assert layer.attn.qkv_proj is not None and not hasattr(layer.attn, "q_proj")
+    assert layer.mlp.gate_up_proj is not None and not hasattr(layer.mlp, "gate_proj")
+    with torch.no_grad():
+        want, want_cache = model(ids, fill_cache=True)
+        got, got_cache = fused(ids, fill_cache=True)
+        block, _ = fused(ids[:, 4:9], cache=clone_cache(got_cache), start=4)
+    assert max_diff(got, want) < 1e-5
+    assert all(max_diff(a, b) < 1e-5 for a, b in zip(got_cache.keys, want_cache.keys, strict=True))
+    assert max_diff(block, want[:, 4:9]) < TOL
+    # The checkpoint layout comes back whole: what save_model and the transformers baseline read.
+    back = fused.plain_state_dict()
+    assert set(back) == set(plain) and all(torch.equal(back[k], plain[k]) for k in plain)
+    assert fused.fuse_projections() is fused  # a second call changes nothing
