@@ -22,6 +22,7 @@ from engine.window import Window
 
 LENGTH_BUCKET = 16  # window lengths are rounded up to a multiple of this, so shapes repeat
 GRAPH_WIDTH_BUCKET = 128  # coarser with CUDA graphs: one captured graph per shape
+END_CHECK_EVERY = 4  # on a GPU, steps between checks that every fill has ended (engine.sampler.denoise)
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +199,7 @@ class Runner:
         s0, k = lay.span_start, lay.span_len
         refresh = max(1, refresh_every)
         span = lay.ids[:, s0 : s0 + k].clone()
+        check = END_CHECK_EVERY if self.device.type == "cuda" else 1  # a host sync per check on a GPU
         if graphs is not None:
             steps = graphs.get(lay.ids.shape[0], lay.ids.shape[1], k, self.shift, cache)
             static_ids = steps.load(lay.ids, lay.positions, lay.key_mask)
@@ -206,7 +208,7 @@ class Runner:
                 static_ids[:, s0 : s0 + k] = span
                 return steps.step(full=step % refresh == 0)
 
-            return denoise(predict_static, span, tok.mask_id, stop, tok.end_id, cfg, cancel, allowed)
+            return denoise(predict_static, span, tok.mask_id, stop, tok.end_id, cfg, cancel, allowed, check)
 
         ids = lay.ids
         state: dict[str, KVCache | None] = {"cache": None}
@@ -223,4 +225,4 @@ class Runner:
                                    cache=state["cache"], start=0, hidden_only=True)  # [B, K+shift, H]
             return self.model.lm_head(hidden[:, :k])  # [B, K, V]
 
-        return denoise(predict, span, tok.mask_id, stop, tok.end_id, cfg, cancel, allowed)
+        return denoise(predict, span, tok.mask_id, stop, tok.end_id, cfg, cancel, allowed, check)

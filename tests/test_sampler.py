@@ -80,6 +80,17 @@ def test_end_token_ends_the_fill_early() -> None:
     assert passes == 3  # end at step 0, then the two positions before it
 
 
+def test_checking_for_the_end_less_often_changes_passes_not_the_fill() -> None:
+    # As on a GPU, where each check waits for the device: steps after every fill ended commit nothing.
+    m = FakeModel([5, 6, END, 9, 9, 9, 9, 9], conf=[0.6, 0.7, 0.99, 0.5, 0.5, 0.5, 0.5, 0.5])
+    want = run(m, 8, steps=8, min_tokens=0)
+    for every in (2, 4, 16):
+        r = denoise(m, torch.full((1, 8), MASK), MASK, torch.tensor([END]), END,
+                    SamplerConfig(steps=8, min_tokens=0), check_every=every)
+        assert (r.span[0].tolist(), r.lengths[0]) == want[:2]
+        assert r.forward_passes == {2: 4, 4: 4, 16: 8}[every]  # the next check after the 3 passes needed
+
+
 def test_min_tokens_bans_an_empty_fill() -> None:
     m = FakeModel([END, END, END, END], conf=[0.99] * 4)
     _, length, _ = run(m, 4, steps=4, min_tokens=1)
