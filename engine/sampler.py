@@ -67,17 +67,19 @@ def default_steps(span_len: int, tokens_per_step: int = 4) -> int:
     return max(4, min(128 // tokens_per_step, math.ceil(span_len / tokens_per_step)))
 
 
-def _scores(probs: Tensor, pred: Tensor, order: str) -> Tensor:
-    """How sure the model is at each position [B, K]: higher is committed first."""
-    if order == "margin":
-        top2 = probs.topk(2, dim=-1).values  # [B, K, 2]
-        return top2[..., 0] - top2[..., 1]
+def _scores(logits: Tensor, conf: Tensor, order: str) -> Tensor:
+    """How sure the model is at each position [B, K]: higher is committed first. conf [B, K] is the probability of
+    each position's prediction; the other orders need the whole distribution."""
+    if order == "margin":  # the two most likely ids' probabilities apart
+        top2 = logits.topk(2, dim=-1).values - logits.logsumexp(-1, keepdim=True)  # [B, K, 2] log-probabilities
+        return top2[..., 0].exp() - top2[..., 1].exp()
     if order == "entropy":
-        return (probs * probs.clamp_min(1e-12).log()).sum(-1)  # negative entropy
+        logp = logits.log_softmax(-1)
+        return (logp.exp() * logp.clamp_min(-1e4)).sum(-1)  # negative entropy
     if order == "left-to-right":
-        k = probs.shape[1]
-        return -torch.arange(k, dtype=probs.dtype, device=probs.device).expand(probs.shape[:2])
-    return probs.gather(-1, pred.unsqueeze(-1)).squeeze(-1)
+        k = conf.shape[1]
+        return -torch.arange(k, dtype=conf.dtype, device=conf.device).expand(conf.shape)
+    return conf
 
 
 def denoise(
@@ -146,20 +148,20 @@ def denoise(
             if banned_first is None:
                 banned_first = _fit(~first_allowed, logits.shape[-1])  # [B, V]
             logits[:, 0] = logits[:, 0].masked_fill(banned_first, -math.inf)
-        probs = logits.softmax(-1)  # [B, K, V]
         if cfg.temperature > 0:
             flat = (logits / cfg.temperature).softmax(-1).view(b * k, -1)
             pred = torch.multinomial(flat, 1, generator=gen).view(b, k)
+            conf = logits.log_softmax(-1).gather(-1, pred.unsqueeze(-1)).squeeze(-1).exp()  # [B, K]
         else:
-            pred = probs.argmax(-1)  # [B, K]
-        score = _scores(probs, pred, cfg.order).masked_fill(~live, -math.inf)  # [B, K]
+            top, pred = logits.max(-1)  # [B, K]
+            conf = (top - logits.logsumexp(-1)).exp()  # softmax at the argmax, without writing out [B, K, V]
+        score = _scores(logits, conf, cfg.order).masked_fill(~live, -math.inf)  # [B, K]
         if cfg.block:
             rank_in_live = live.long().cumsum(1)  # 1-based rank among live positions, left to right
             score = score.masked_fill(rank_in_live > cfg.block, -math.inf)
         n_live = live.sum(1)  # [B]
         left = steps - step
         if cfg.threshold > 0:
-            conf = probs.gather(-1, pred.unsqueeze(-1)).squeeze(-1)
             n_commit = ((conf > cfg.threshold) & live).sum(1).clamp_min(1)
         else:
             n_commit = torch.div(n_live + left - 1, left, rounding_mode="floor").clamp_min(1)  # ceil
