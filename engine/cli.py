@@ -113,7 +113,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         tokenizer = Path(args.init_from, "tokenizer.json") if args.init_from else None
         prepare_data(data, [Path(p) for p in args.source], Path(args.wheels) if args.wheels else None, args.vocab,
                      tokenizer)
-    extra = {"warmup_steps": args.warmup_steps, "eval_every": args.eval_every,
+    if args.decay_share is not None and not 0.0 < args.decay_share <= 1.0:
+        raise UsageError("--decay-share must be in (0, 1]")
+    extra = {"warmup_steps": args.warmup_steps, "decay_share": args.decay_share, "eval_every": args.eval_every,
              "checkpoint_minutes": args.checkpoint_minutes}
     cfg = TrainConfig(preset=args.preset, batch_size=args.batch_size, lr=args.lr, minutes=args.minutes,
                       max_steps=args.max_steps, seed=args.seed, threads=args.threads, workers=args.workers,
@@ -167,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--compile", action="store_true", help="torch.compile the forward (eager if that fails)")
     t.add_argument("--log-seconds", type=float, default=0.0, help="a progress line every N seconds")
     t.add_argument("--warmup-steps", type=int, default=None)
+    t.add_argument("--decay-share", type=float, default=None,
+                   help="last share of the time budget over which the learning rate decays linearly (default 0.2)")
     t.add_argument("--eval-every", type=int, default=None, help="steps between validation losses")
     t.add_argument("--checkpoint-minutes", type=float, default=None)
     t.set_defaults(func=cmd_train)

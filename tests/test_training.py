@@ -216,8 +216,10 @@ def test_cli_train_exports_a_loadable_sharded_model(tiny_data: Path, tmp_path: P
     args2 = [a if a != str(out) else str(out2) for a in args]
     args2[args2.index(str(tmp_path / "run"))] = str(tmp_path / "run2")
     args2[args2.index("--max-steps") + 1] = "5"
-    assert main([*args2, "--init-from", str(out)]) == 0
+    assert main([*args2, "--init-from", str(out), "--decay-share", "2"]) == 2  # refused before anything runs
+    assert main([*args2, "--init-from", str(out), "--decay-share", "0.5"]) == 0
     summary2 = run_summary(out2)
+    assert json.loads((out2 / "training.json").read_text())["config"]["decay_share"] == 0.5
     assert summary2["steps"] == 2 and summary2["total_steps"] == 5 and summary2["sessions"] == 2
     assert summary2["init_from"] == str(out)
 
