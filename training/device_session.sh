@@ -10,8 +10,9 @@
 # minutes left, so a second call rarely fits. Training comes first (every lent device adds to the same model); the
 # benchmark gets what remains of TOTAL_S. Tunables (environment): TOTAL_S (580: keep under the call's timeout_s),
 # TRAIN_MINUTES (7.6; the device's data extension is taken out of it), HARD_S (TOTAL_S - 40, the training's hard
-# limit), EVAL (0), and whatever device_train.sh and device.sh take (BATCH, LR, WORKERS, NO_COMPILE, ...). The fifth
-# session's call (these defaults) trained 6.6 minutes, left 80 s of benchmark and took 574 s.
+# limit), EVAL (0), and whatever device_train.sh and device.sh take (BATCH, LR, WORKERS, NO_COMPILE, ...). The sixth
+# session's call (these defaults) spent 35 s extending the data, trained 7.0 minutes, left 80 s of benchmark and took
+# 564 s (the machine's start is not in it; with the second call below, 780 of the 900 s were used).
 #
 # What comes back ($OUT): model-0000N-of-0000M.safetensors (the trained weights, bf16, each under 16 MiB) and
 # meta.tar (model/: config.json, model.safetensors.index.json, tokenizer.json, training.json; run.json, train.log;
@@ -29,10 +30,11 @@
 #   run(command="INIT=/tmp/codefill-session-work.XXXXXX/model DATA=/tmp/codefill-data EXTEND=0 EVAL=0 \
 #       TRAIN_MINUTES=3.2 HARD_S=262 TOTAL_S=285 bash training/device_session.sh", timeout_s=300)
 # (the directory is named in the first call's output; /tmp/codefill-data holds the data extend made there).
-# Or spend the rest on the GPU benchmark alone (the fifth session's second call; --profile prints where a step's
-# time goes; --no-eager --no-hf skip rows measured twice already, so the torch.compile rows get the time):
+# Or spend the rest on the GPU benchmark alone (as the fifth and sixth sessions' second calls did; --profile prints
+# where a step's time goes; --no-eager --no-hf --no-compile skip rows measured already: torch.compile made the step
+# twice as slow in the sixth session, so the CUDA-graph rows at both batch sizes get the time):
 #   run(command="OUT=$OUT TIMEOUT_S=200 BUDGET_S=145 bash benchmarks/device.sh --profile --no-eager --no-hf \
-#       >/dev/null 2>&1; cat $OUT/device.log", timeout_s=215)
+#       --no-compile >/dev/null 2>&1; cat $OUT/device.log", timeout_s=215)
 set -u
 cd "$(dirname "$0")/.."
 start=$SECONDS
