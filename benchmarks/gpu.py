@@ -149,7 +149,7 @@ def build_model(name: str, device: torch.device, dtype: torch.dtype, smoke: bool
             from engine.checkpoint import load_model
 
             model, tok = load_model(resolve_model_path(None), device=str(device), dtype=dtype)
-            return model.eval(), tok, "built-in"
+            return model.eval().fuse_projections(), tok, "built-in"
         except Exception as exc:
             weights = f"random weights of the built-in shape (the built-in model did not load: {exc})"
             name = "codefill-base"
@@ -172,7 +172,10 @@ def build_model(name: str, device: torch.device, dtype: torch.dtype, smoke: bool
     cfg = ModelConfig(**fields)
     with torch.device(device):
         model = DiffusionLM(cfg)  # default init, on the device (fast); speed does not depend on the weights
-    return model.to(dtype).eval(), tok, weights
+    # Fused as the engine runs it (Runner would fuse it in place at the first engine row), so every row, the
+    # fixed-shape loop and our autoregressive decoder included, runs the same layers; transformers gets the
+    # checkpoint layout back (DiffusionLM.plain_state_dict).
+    return model.to(dtype).eval().fuse_projections(), tok, weights
 
 
 def make_workload(tok: Any, vocab: int, batch: int, k: int, window: int, device: torch.device) -> Workload:
