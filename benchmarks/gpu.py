@@ -145,7 +145,7 @@ def build_model(name: str, device: torch.device, dtype: torch.dtype, smoke: bool
     tok = None
     if name == "built-in":
         try:
-            from engine.api import resolve_model_path
+            from engine.model_dir import resolve_model_path
             from engine.checkpoint import load_model
 
             model, tok = load_model(resolve_model_path(None), device=str(device), dtype=dtype)

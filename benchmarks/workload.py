@@ -151,12 +151,12 @@ def prepare_model(spec: str | None, smoke: bool = False) -> ModelSource:
     if spec:
         path = Path(spec).expanduser()
         if not (path / "config.json").is_file():
-            from engine.api import resolve_model_path
+            from engine.model_dir import resolve_model_path
 
             path = resolve_model_path(spec)
         return ModelSource(path, f"given {path}")
     try:
-        from engine.api import resolve_model_path
+        from engine.model_dir import resolve_model_path
 
         return ModelSource(resolve_model_path(None), "built-in")
     except Exception:  # no built-in model yet

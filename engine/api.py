@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,13 +11,12 @@ import torch
 
 from engine.config import EngineConfig
 from engine.errors import CheckpointError
+from engine.model_dir import ENGINE_FILE, LANGUAGES_KEY, read_engine_json, resolve_model_path
 from engine.runner import Runner, pick_device, pick_dtype, pick_threads, retain_freed_memory, wants_int8
 from engine.sampler import SamplerConfig
 from engine.tokenizer import CodeTokenizer
 from engine.window import Window, build_window
 
-MODELS_DIR = Path(__file__).parent / "models"
-BUILTIN_MODEL = "codefill-base"
 
 
 @dataclass
@@ -46,20 +44,6 @@ class Fill:
     span_len: int = 0
     cut: dict[str, int] = field(default_factory=dict)  # prefix_chars / suffix_chars left out of the window
     ended: bool = True  # the model ended the fill (end token or, single-line, line break) before its budget ran out
-
-
-def resolve_model_path(name: str | Path | None) -> Path:
-    """A model directory from a path or a built-in name (None: the built-in model)."""
-    if name is None:
-        name = BUILTIN_MODEL
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return path
-    builtin = MODELS_DIR / str(name)
-    if builtin.is_dir():
-        return builtin
-    known = sorted(p.name for p in MODELS_DIR.iterdir() if p.is_dir()) if MODELS_DIR.is_dir() else []
-    raise CheckpointError(f"{name}: no such model directory (built-in models: {', '.join(known) or 'none'})")
 
 
 class Engine:
@@ -212,16 +196,12 @@ def _first_allowed(tok: CodeTokenizer, windows: list[Window], stop_ids: set[int]
 
 
 def _model_defaults(model_path: Path, known: set[str]) -> dict[str, object]:
-    """Decoding settings from <model>/engine.json, if the directory has one (unknown keys are an error)."""
-    path = model_path / "engine.json"
-    if not path.is_file():
-        return {}
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, dict) or set(data) - known or {"device", "dtype"} & set(data):
-        raise CheckpointError(f"{path}: expected an object of decoding settings ({', '.join(sorted(known))})")
+    """Decoding settings from <model>/engine.json, if the directory has one (unknown keys are an error); its
+    "languages" entry is the model's description, not a setting."""
+    data = {k: v for k, v in read_engine_json(model_path).items() if k != LANGUAGES_KEY}
+    if set(data) - known or {"device", "dtype"} & set(data):
+        raise CheckpointError(f"{model_path / ENGINE_FILE}: expected an object of decoding settings "
+                              f"({', '.join(sorted(known))}) and {LANGUAGES_KEY!r}")
     return data
 
 

@@ -66,7 +66,9 @@ def read_source(path: Path) -> str:
 def cmd_fill(args: argparse.Namespace) -> int:
     """Print the fill for the hole at FILE:LINE:COL (or the range up to --to)."""
     from engine.api import Engine
+    from engine.model_dir import language_note
     from lsp_server.completion import complete_at
+    from lsp_server.languages import spec_for
 
     path, line, col = parse_location(args.location)
     text = read_source(path)
@@ -80,6 +82,10 @@ def cmd_fill(args: argparse.Namespace) -> int:
     language = args.language or EXTENSION_LANGUAGES.get(path.suffix.lower())
     settings = {"steps": args.steps} if args.steps else {}
     engine = Engine.from_pretrained(args.model, device=args.device, dtype=args.dtype, **settings)
+    spec = spec_for(language)
+    note = language_note(args.model, spec.name) if spec is not None else None
+    if note:
+        print(f"codefill: note: {note}", file=sys.stderr)
     result = complete_at(engine, text, start, language, selection_end=end, max_tokens=args.max_tokens)
     if args.json:
         print(json.dumps(result.to_json(), indent=1))

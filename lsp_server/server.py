@@ -18,6 +18,7 @@ from pygls.protocol import LanguageServerProtocol
 from pygls.uris import to_fs_path
 from pygls.workspace import TextDocument, Workspace
 
+from engine.model_dir import language_note
 from lsp_server import languages
 from lsp_server.completion import complete_at
 from lsp_server.engine_client import EngineClient, EngineSpec, Keyed, make_engine_client
@@ -220,6 +221,7 @@ class CodefillServer(LanguageServer):
         self.loads_reported = 0  # model loads announced with $/progress; later ones get a suffixed token
         self.file_handler: logging.Handler | None = None
         self.fills_started = 0  # engine calls made; for logs and tests
+        self.languages_noted: set[tuple[str | None, str]] = set()  # (model, language) checked against the model
 
     # -- plumbing ---------------------------------------------------------------------------------
 
@@ -451,6 +453,7 @@ class CodefillServer(LanguageServer):
                 return [hit]
         if not self.engine.ready:
             return []
+        self._note_language(doc.language_id)
 
         previous = self.jobs.get(uri)
         if previous is not None:
@@ -487,6 +490,19 @@ class CodefillServer(LanguageServer):
         rng = types.Range(_lsp(position_at(text, hole.start, starts, enc)),
                           _lsp(position_at(text, hole.end, starts, enc)))
         return [Suggestion(rng, insert) for insert in inserts]
+
+    def _note_language(self, language_id: str | None) -> None:
+        """Once per model and language: say so when the model was trained on other languages (its engine.json
+        lists them; the built-in model knows Python only). The fill still goes ahead."""
+        spec = languages.spec_for(language_id)
+        key = (self.settings.model_path, spec.name if spec else "")
+        if spec is None or key in self.languages_noted:
+            return
+        self.languages_noted.add(key)
+        note = language_note(self.settings.model_path, spec.name)
+        if note:
+            log.info("%s", note)
+            self.show(note, types.MessageType.Info)
 
     def _fill_job(
         self, job: Job, doc: Document, offset: int, end: int | None, candidates: int, settings: Settings

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.api import BUILTIN_MODEL, MODELS_DIR
+from engine.model_dir import BUILTIN_MODEL, MODELS_DIR
 from lsp_server import languages
 
 REPO = Path(__file__).resolve().parent.parent
@@ -63,3 +63,16 @@ def test_bad_input_is_a_clear_error(tmp_path, make, location, message):
     assert run.returncode == 2, (run.stdout, run.stderr)
     assert message in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_a_language_the_model_does_not_know_gets_a_note(tmp_path):
+    """The built-in model knows Python only: a Go file still gets the model's answer, with a note on stderr."""
+    if not (MODELS_DIR / BUILTIN_MODEL / "config.json").exists():
+        pytest.skip("no built-in model")
+    (tmp_path / "main.go").write_text("package main\n\nfunc add(a int, b int) int {\n\treturn \n}\n")
+    run = codefill("fill", str(tmp_path / "main.go") + ":4:9")
+    assert run.returncode in (0, 1), run.stderr  # a fill, or none that keeps the file parsing: both are answers
+    assert "note: the model codefill-base was trained on python code only" in run.stderr
+    assert "Traceback" not in run.stderr
+    py = codefill("fill", "examples/inventory.py:8:1")
+    assert "note:" not in py.stderr

@@ -1,6 +1,6 @@
 """End to end through the real engine: `python -m lsp_server --model DIR` loads engine.api in its loader thread.
 
-The model is the built-in one when it is there (engine/models/, engine.api.BUILTIN_MODEL), else the tiny random
+The model is the built-in one when it is there (engine/models/, engine.model_dir.BUILTIN_MODEL), else the tiny random
 checkpoint from tests/conftest.py. A random model writes junk that post-processing rightly drops, so
 these tests assert what holds for any model: every request is answered, the engine was reached,
 and whatever is offered has the right range and leaves the file parsing no worse. With the built-in
@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 from lsprotocol import types
 
-from engine.api import BUILTIN_MODEL, MODELS_DIR
+from engine.model_dir import BUILTIN_MODEL, MODELS_DIR
 from lsp_server import languages
 from lsp_fixtures.harness import (
     REPO,

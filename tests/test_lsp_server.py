@@ -332,3 +332,35 @@ async def test_still_alive_after_all_of_that(client) -> None:
     open_doc(client, uri, '# codefill-fake: "1"\nx = \n')
     result = await inline(client, uri, 1, 4)
     assert result.items[0].insert_text == "1"
+
+
+async def test_a_language_the_model_was_not_trained_on_is_one_note(tmp_path) -> None:
+    """The built-in model's engine.json says it knows Python: the first Go fill brings one note; the fill still
+    comes, and Python brings none. A model directory that does not say (tmp_path) brings no note."""
+    go = '// codefill-fake: "return a + 1"\npackage main\n\nfunc f(a int) int {\n\t\n}\n'
+    py = '# codefill-fake: "1"\nx = \n'
+
+    def notes(c) -> list[str]:
+        return [m.message for m in c.messages if m.type == types.MessageType.Info and "trained on" in m.message]
+
+    c = await start_server(["--engine-factory", FAKE_ENGINE, "--debounce-ms", "0"])
+    try:
+        open_doc(c, "file:///a.go", go, "go")
+        open_doc(c, "file:///b.py", py, "python")
+        for _ in range(2):
+            result = await inline(c, "file:///a.go", 4, 1)
+            assert result is not None and result.items[0].insert_text == "return a + 1"
+        assert (await inline(c, "file:///b.py", 1, 4)) is not None
+        await asyncio.sleep(0.2)  # the note is sent from the event loop after the answer at the latest
+        assert len(notes(c)) == 1 and "python" in notes(c)[0] and " go " in notes(c)[0]
+    finally:
+        await stop_server(c)
+    c = await start_server(["--engine-factory", FAKE_ENGINE, "--debounce-ms", "0"],
+                           init_options={"modelPath": str(tmp_path)})
+    try:
+        open_doc(c, "file:///a.go", go, "go")
+        assert (await inline(c, "file:///a.go", 4, 1)) is not None
+        await asyncio.sleep(0.2)
+        assert notes(c) == []
+    finally:
+        await stop_server(c)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.api import BUILTIN_MODEL, MODELS_DIR
+from engine.model_dir import BUILTIN_MODEL, MODELS_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 EXT = REPO / "editors" / "vscode"
