@@ -160,6 +160,14 @@ def gather(roots: list[Path], suffixes: tuple[str, ...] = (".py",),
     for root in roots:
         if any(m in str(root) for m in BENCHMARK_MARKERS):
             raise ValueError(f"{root}: refusing to train on a benchmark")
+        if root.name.endswith(".tgz"):  # an npm package (training.npm): its package.json names the license
+            from training.npm import read_tarball
+
+            name, lic, texts = read_tarball(root)
+            n = take(name, lic, map(_scored, texts))
+            if n is not None:
+                corpus.sources.append({"name": name, "license": lic, "files": str(n)})
+            continue
         if root.suffix == ".whl":
             with zipfile.ZipFile(root) as zf:
                 name, lic = wheel_license(zf)

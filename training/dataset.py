@@ -23,6 +23,20 @@ PY_SPAN_QUERY = """
   (else_clause) (except_clause) (assignment) (augmented_assignment) (generator_expression)
 ] @span
 """
+# The same for JavaScript (tree-sitter-javascript's node kinds).
+JS_SPAN_QUERY = """
+[
+  (expression_statement) (return_statement) (if_statement) (for_statement) (for_in_statement)
+  (while_statement) (try_statement) (throw_statement) (switch_statement) (lexical_declaration)
+  (variable_declaration) (function_declaration) (class_declaration) (method_definition) (statement_block)
+  (call_expression) (arguments) (formal_parameters) (binary_expression) (arrow_function) (object) (array)
+  (subscript_expression) (member_expression) (ternary_expression) (else_clause) (catch_clause)
+  (assignment_expression) (augmented_assignment_expression) (template_string) (import_statement) (pair)
+] @span
+"""
+# language -> (grammar module, its language function, span query)
+SPAN_GRAMMARS = {"python": ("tree_sitter_python", "language", PY_SPAN_QUERY),
+                 "javascript": ("tree_sitter_javascript", "language", JS_SPAN_QUERY)}
 MAX_SPAN_TOKENS = 96
 
 
@@ -45,12 +59,15 @@ class TokenArrays:
         return cls(z["tokens"], z["doc_starts"], z["spans"])
 
 
-def _python_parser():  # type: ignore[no-untyped-def]
-    import tree_sitter_python
+def _parser(language: str = "python"):  # type: ignore[no-untyped-def]
+    """A tree-sitter parser and a cursor over the language's span query."""
+    import importlib
+
     from tree_sitter import Language, Parser, Query, QueryCursor
 
-    lang = Language(tree_sitter_python.language())
-    return Parser(lang), QueryCursor(Query(lang, PY_SPAN_QUERY))
+    module, function, query = SPAN_GRAMMARS[language]
+    lang = Language(getattr(importlib.import_module(module), function)())
+    return Parser(lang), QueryCursor(Query(lang, query))
 
 
 def syntax_spans(text: str, offsets: list[tuple[int, int]], parser, cursor) -> list[tuple[int, int]]:  # type: ignore[no-untyped-def]
@@ -78,9 +95,9 @@ def syntax_spans(text: str, offsets: list[tuple[int, int]], parser, cursor) -> l
     return sorted(set(out))
 
 
-def tokenize_split(texts: list[str], tok: CodeTokenizer) -> TokenArrays:
-    """Encode every document (with an end token after each) and find its syntax spans."""
-    parser, cursor = _python_parser()
+def tokenize_split(texts: list[str], tok: CodeTokenizer, language: str = "python") -> TokenArrays:
+    """Encode every document (with an end token after each) and find its syntax spans (texts in `language`)."""
+    parser, cursor = _parser(language)
     all_ids: list[np.ndarray] = []
     spans: list[tuple[int, int]] = []
     doc_starts = [0]
@@ -116,15 +133,16 @@ def merge(parts: list[TokenArrays]) -> TokenArrays:
                        doc_starts=np.concatenate(starts), spans=np.concatenate(spans))
 
 
-def _tokenize_chunk(args: tuple[list[str], str]) -> TokenArrays:
-    texts, tokenizer_path = args
-    return tokenize_split(texts, CodeTokenizer.from_file(Path(tokenizer_path)))
+def _tokenize_chunk(args: tuple[list[str], str, str]) -> TokenArrays:
+    texts, tokenizer_path, language = args
+    return tokenize_split(texts, CodeTokenizer.from_file(Path(tokenizer_path)), language)
 
 
-def tokenize_parallel(texts: list[str], tokenizer_path: Path, workers: int = 0, chunk: int = 500) -> TokenArrays:
+def tokenize_parallel(texts: list[str], tokenizer_path: Path, workers: int = 0, chunk: int = 500,
+                      language: str = "python") -> TokenArrays:
     """tokenize_split over worker processes (0: one per CPU), documents kept in order."""
     workers = workers or os.cpu_count() or 1
-    chunks = [(texts[i : i + chunk], str(tokenizer_path)) for i in range(0, len(texts), chunk)]
+    chunks = [(texts[i : i + chunk], str(tokenizer_path), language) for i in range(0, len(texts), chunk)]
     if workers == 1 or len(chunks) <= 1:
         return merge([_tokenize_chunk(c) for c in chunks])
     # spawn: a forked child would inherit the parent's tokenizer thread pool state (and torch's)

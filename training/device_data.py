@@ -5,6 +5,7 @@ paths together; nothing can be downloaded there). data/ is ~230 MB (corpus text,
 run reads a packed copy of the token arrays instead:
 
     python -m training.device_data pack --data data --out gpu_data   # gpu_data/ is git-ignored: name it in carry
+    python -m training.device_data pack --data data --extra data/js --out gpu_data   # with JavaScript (training.npm)
     python -m training.device_data size --carry gpu_data              # what a device run would send, against 64 MiB
 
 gpu_data/ holds tokenizer.json, {train,valid}.pack.npz and pack.json. A .pack.npz stores a TokenArrays as
@@ -145,15 +146,29 @@ def _same_vocab(a: Path, b: Path) -> bool:
     return Tokenizer.from_file(str(a)).get_vocab() == Tokenizer.from_file(str(b)).get_vocab()
 
 
-def pack(data: Path, out: Path, preset: int = 6, max_train_tokens: int = 0) -> dict:
-    """data/{tokenizer.json,train.npz,valid.npz} -> out/{tokenizer.json,train.pack.npz,valid.pack.npz,pack.json}."""
+def pack(data: Path, out: Path, preset: int = 6, max_train_tokens: int = 0, extra: list[Path] | None = None) -> dict:
+    """data/{tokenizer.json,train.npz,valid.npz} -> out/{tokenizer.json,train.pack.npz,valid.pack.npz,pack.json}.
+
+    extra: more prepared directories (training.npm prepare: train.npz, tokenizer.json, corpus/sources.json) whose
+    training documents join the training split (after data's; max_train_tokens then applies to the whole) and whose
+    sources join sources.json; the validation split stays data's, so validation figures stay comparable."""
+    extra = extra or []
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(data / "tokenizer.json", out / "tokenizer.json")
-    if (data / "corpus" / "sources.json").exists():  # what extend leaves out, and the model card's table
-        shutil.copyfile(data / "corpus" / "sources.json", out / "sources.json")
-    report: dict = {"format": FORMAT, "source": str(data), "lzma_preset": preset, "splits": {}}
+    sources: list = []
+    for d in [data, *extra]:  # what extend leaves out, and the model card's table
+        if d is not data and not _same_vocab(data / "tokenizer.json", d / "tokenizer.json"):
+            raise ValueError(f"{d}: tokenized with another tokenizer than {data}")
+        if (d / "corpus" / "sources.json").exists():
+            sources += json.loads((d / "corpus" / "sources.json").read_text())
+    if sources:
+        (out / "sources.json").write_text(json.dumps(sources, indent=1) + "\n")
+    report: dict = {"format": FORMAT, "source": str(data), "extra": [str(d) for d in extra], "lzma_preset": preset,
+                    "splits": {}}
     for split in ("valid", "train"):
         arrays = TokenArrays.load(data / f"{split}.npz")
+        if split == "train" and extra:
+            arrays = merge([arrays, *(TokenArrays.load(d / "train.npz") for d in extra)])
         full = len(arrays.tokens)
         if split == "train" and max_train_tokens and full > max_train_tokens:
             arrays = subset(arrays, max_train_tokens)
@@ -266,6 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     a.add_argument("--out", default="gpu_data")
     a.add_argument("--preset", type=int, default=6, help="LZMA preset (6: ~25%% of the raw tokens; 1: faster)")
     a.add_argument("--max-train-tokens", type=int, default=0, help="keep a random subset of whole documents")
+    a.add_argument("--extra", action="append", default=[], metavar="DIR",
+                   help="a prepared directory whose training documents join the training split (training.npm)")
     e = sub.add_parser("extend", help="on the device: add the installed packages' Python files to the data")
     e.add_argument("--data", default="gpu_data")
     e.add_argument("--out", default="/tmp/codefill-data")
@@ -278,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     m.add_argument("--out", default=None)
     args = p.parse_args(argv)
     if args.cmd == "pack":
-        pack(Path(args.data), Path(args.out), args.preset, args.max_train_tokens)
+        pack(Path(args.data), Path(args.out), args.preset, args.max_train_tokens, [Path(d) for d in args.extra])
     elif args.cmd == "extend":
         extend(Path(args.data), Path(args.out), args.workers, gather_s=args.gather_s)
     elif args.cmd == "size":
