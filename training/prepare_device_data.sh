@@ -6,7 +6,7 @@
 #   3. JavaScript from the npm packages of training/corpus-npm.txt, tokenized the same way, under data/js
 #      (python -m training.npm prepare; 13M tokens)                            ~40 s, npm registry
 #   4. the packed copy of the token arrays in gpu_data/, JavaScript joining the training split; a random subset of
-#      whole documents of MAX_TRAIN_TOKENS (41.5M of 42.8M) so that the tree and gpu_data fit the 64 MiB
+#      whole documents of MAX_TRAIN_TOKENS (40.5M of 42.8M) so that the tree and gpu_data fit the 64 MiB
 #      a device call carries                                                    ~70 s
 #   5. tree-sitter wheels for the device's Python 3.12 (syntax spans of the added data) in gpu_data/wheels
 #   6. only with WITH_BENCHMARKS=1 (for EVAL=1 sessions; 0.4 MiB that no longer fits beside the JavaScript):
@@ -34,7 +34,7 @@ if [ ! -f "$DATA/js/train.npz" ]; then
 fi
 if [ ! -f "$OUT/train.pack.npz" ]; then
   "$PY" -m training.device_data pack --data "$DATA" --extra "$DATA/js" --out "$OUT" \
-    --max-train-tokens "${MAX_TRAIN_TOKENS:-41500000}"
+    --max-train-tokens "${MAX_TRAIN_TOKENS:-40500000}"
 fi
 if [ -z "$(ls "$OUT"/wheels/tree_sitter-*.whl 2>/dev/null)" ]; then
   "$PY" -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
@@ -48,4 +48,8 @@ if [ "${WITH_BENCHMARKS:-0}" = 1 ] && [ ! -d "$OUT/benchmarks/human-eval-infilli
     echo "no $BENCH/human-eval-infilling: the device session will train and benchmark without evaluating" >&2
   fi
 fi
-"$PY" -m training.device_data size --carry "$OUT"
+if ! "$PY" -m training.device_data size --carry "$OUT"; then
+  echo "over the 64 MiB a device call carries: rm $OUT/train.pack.npz and run this again with a smaller" \
+       "MAX_TRAIN_TOKENS (now ${MAX_TRAIN_TOKENS:-40500000})" >&2
+  exit 1
+fi
