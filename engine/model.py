@@ -153,7 +153,8 @@ def _concat_linears(parts: list[nn.Linear]) -> nn.Linear:
 
 
 # fused module name -> (unfused names in order); plain_state_dict splits along the output rows
-FUSED = {"attn.qkv_proj": ("attn.q_proj", "attn.k_proj", "attn.v_proj"), "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj")}
+FUSED = {"attn.qkv_proj": ("attn.q_proj", "attn.k_proj", "attn.v_proj"),
+         "mlp.gate_up_proj": ("mlp.gate_proj", "mlp.up_proj")}
 
 
 class Block(nn.Module):
