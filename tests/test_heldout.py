@@ -139,3 +139,22 @@ def test_cli_writes_json(site: Path, sources: Path, two_copies: list[Path], tmp_
 def test_cli_reports_missing_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--models", str(tmp_path / "nowhere"), "--root", str(tmp_path)]) == 1
     assert "heldout:" in capsys.readouterr().err
+
+
+def test_javascript_from_npm_tarballs_leaves_out_trained_packages(two_copies: list[Path], tmp_path: Path) -> None:
+    from tests.test_npm_corpus import JS, make_tarball
+    from training.heldout import collect_npm
+
+    npm = tmp_path / "npm"
+    npm.mkdir()
+    js = JS * 3  # long enough for a window
+    make_tarball(npm / "fresh-1.0.0.tgz", {"name": "fresh", "version": "1.0.0", "license": "MIT"},
+                 {"lib/a.js": js, "dist/a.min.js": js, "test/a.js": js})
+    make_tarball(npm / "seen-2.0.0.tgz", {"name": "seen", "version": "2.0.0", "license": "MIT"}, {"index.js": js})
+    sources = tmp_path / "sources.json"  # as training.npm writes it: "name version"
+    sources.write_text(json.dumps([{"name": "seen 2.0.0", "license": "MIT", "files": "1", "language": "javascript"}]))
+    assert "seen" in trained_names([sources])
+    files = collect_npm(npm, trained_names([sources]), tmp_path / "out")
+    assert list(files) == ["fresh"] and [p.read_text() for p in files["fresh"]] == [js]
+    report = evaluate(two_copies, [sources], [], max_files=10, per_project=5, seed=0, window=WINDOW, npm=npm)
+    assert list(report["projects"]) == ["fresh"] and report["figures"]["old"] == report["figures"]["new"]

@@ -4,7 +4,9 @@
         --sources gpu_data/sources.json --max-files 60 --json heldout.json
 
 The files come from the installed distributions of this interpreter (or of --root directories), minus every
-project named in a sources.json, minus codefill itself, filtered by the training corpus's own path filter. Every
+project named in a sources.json, minus codefill itself, filtered by the training corpus's own path filter. With
+--npm DIR they are instead the JavaScript of the npm tarballs in DIR (training/heldout-npm.txt, fetched with
+`python -m training.npm fetch`), kept as training.npm keeps a package's files, minus packages a sources.json names. Every
 model sees the same windows and the same masks: cross-entropy on masked positions at fixed mask rates, and the
 argmax accuracy of a contiguous middle span predicted in one forward pass. Runs on the CPU in float32.
 """
@@ -14,8 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import sys
 import sysconfig
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,11 +58,32 @@ class Window:
 
 
 def trained_names(sources: list[Path]) -> set[str]:
-    """Normalised names of the projects listed in sources.json files (as training writes them), plus codefill."""
+    """Normalised names of the projects listed in sources.json files (as training writes them; an npm package's
+    entry is "name version"), plus codefill."""
     names = {SELF}
     for path in sources:
-        names |= {normalized_name(s["name"]) for s in json.loads(path.read_text())}
+        names |= {normalized_name(re.sub(r"\s+\d[\w.+-]*$", "", s["name"])) for s in json.loads(path.read_text())}
     return names
+
+
+def collect_npm(directory: Path, exclude: set[str], out: Path) -> dict[str, list[Path]]:
+    """Normalised package name -> its JavaScript files (those training.npm would keep), written under out, for each
+    npm tarball in directory whose package is not in exclude."""
+    from training.npm import read_tarball
+
+    files: dict[str, list[Path]] = {}
+    for tarball in sorted(directory.glob("*.tgz")):
+        label, _, texts = read_tarball(tarball)
+        name = normalized_name(label.split(" ")[0])
+        if name in exclude or name in files or not texts:
+            continue
+        (out / name).mkdir(parents=True, exist_ok=True)
+        files[name] = []
+        for i, text in enumerate(texts):
+            path = out / name / f"{i:04d}.js"
+            path.write_text(text, encoding="utf-8")
+            files[name].append(path)
+    return files
 
 
 def default_roots() -> list[Path]:
@@ -213,15 +238,19 @@ def format_table(figures: dict[str, dict[str, float]], labels: list[str]) -> str
 
 
 def evaluate(models: list[Path], sources: list[Path], roots: list[Path], max_files: int, per_project: int,
-             seed: int, window: int = WINDOW, batch: int = 16, exclude: tuple[str, ...] = ()) -> dict:
+             seed: int, window: int = WINDOW, batch: int = 16, exclude: tuple[str, ...] = (),
+             npm: Path | None = None) -> dict:
     """Collect held-out files, score every model on the same windows and masks; the report as a dict. exclude
-    names further projects to leave out (renamed forks of trained ones, say)."""
+    names further projects to leave out (renamed forks of trained ones, say); npm: a folder of npm tarballs to take
+    JavaScript files from instead of the installed Python distributions."""
     loaded, tok = load_models(models)
     skip = trained_names(sources) | {normalized_name(n) for n in exclude}
-    files = collect_files(roots, skip)
-    windows = pick_windows(files, tok, per_project, max_files, seed, window)
+    with tempfile.TemporaryDirectory(prefix="heldout-npm-") as tmp:
+        files = collect_npm(npm, skip, Path(tmp)) if npm is not None else collect_files(roots, skip)
+        windows = pick_windows(files, tok, per_project, max_files, seed, window)
     if not windows:
-        raise ValueError(f"no held-out file of at least {window} tokens in {', '.join(map(str, roots))}")
+        where = str(npm) if npm is not None else ", ".join(map(str, roots))
+        raise ValueError(f"no held-out file of at least {window} tokens in {where}")
     ids = torch.tensor([w.ids for w in windows], dtype=torch.long)  # [N, window]
     masks = make_masks(len(windows), window, seed)
     labels = model_labels(models)
@@ -238,7 +267,8 @@ def evaluate(models: list[Path], sources: list[Path], roots: list[Path], max_fil
     return {
         "models": {label: str(path) for label, path in zip(labels, models)},
         "settings": {"window": window, "mask_rates": list(MASK_RATES), "span": SPAN, "seed": seed,
-                     "max_files": max_files, "per_project": per_project, "roots": [str(r) for r in roots],
+                     "max_files": max_files, "per_project": per_project,
+                     "roots": [str(npm)] if npm is not None else [str(r) for r in roots],
                      "sources": [str(s) for s in sources], "exclude": list(exclude)},
         "figures": figures,
         "difference": difference(figures, labels),
@@ -254,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sources", action="append", default=[], help="a training sources.json (repeatable)")
     p.add_argument("--root", action="append", default=[], help="site-packages to read (default: this interpreter's)")
     p.add_argument("--exclude", action="append", default=[], help="another project to leave out (repeatable)")
+    p.add_argument("--npm", default=None, metavar="DIR",
+                   help="score JavaScript from the npm tarballs in DIR (training/heldout-npm.txt) instead")
     p.add_argument("--max-files", type=int, default=60)
     p.add_argument("--per-project", type=int, default=10)
     p.add_argument("--window", type=int, default=WINDOW)
@@ -265,7 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = evaluate([Path(m) for m in args.models], [Path(s) for s in args.sources],
                           [Path(r) for r in args.root] or default_roots(), args.max_files, args.per_project,
-                          args.seed, args.window, exclude=tuple(args.exclude))
+                          args.seed, args.window, exclude=tuple(args.exclude),
+                          npm=Path(args.npm) if args.npm else None)
     except (CheckpointError, ValueError, OSError) as exc:
         print(f"heldout: {exc}", file=sys.stderr)
         return 1

@@ -114,7 +114,7 @@ def prepare(out: Path, tokenizer: Path, specs: list[str], workers: int = 0) -> d
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m training.npm prepare`."""
+    """`python -m training.npm prepare|fetch`."""
     p = argparse.ArgumentParser(prog="python -m training.npm", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("prepare", help="fetch, gather and tokenize the JavaScript corpus")
@@ -122,7 +122,14 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--tokenizer", default="engine/models/codefill-base/tokenizer.json")
     r.add_argument("--list", default=str(NPM_LIST), help="package specs, one per line")
     r.add_argument("--workers", type=int, default=0)
+    f = sub.add_parser("fetch", help="only download the tarballs of a list (held-out packages, say)")
+    f.add_argument("--list", required=True, help="package specs, one per line")
+    f.add_argument("--out", required=True)
     args = p.parse_args(argv)
+    if args.cmd == "fetch":
+        tarballs = fetch(read_list(Path(args.list)), Path(args.out))
+        print(f"{len(tarballs)} tarballs in {args.out}", file=sys.stderr)
+        return 0
     prepare(Path(args.out), Path(args.tokenizer), read_list(Path(args.list)), args.workers)
     return 0
 
