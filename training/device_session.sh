@@ -23,7 +23,8 @@
 #   cat /tmp/session/run.json /tmp/session/eval/summary-*.json      # did the loss and pass@1 improve?
 #   rm engine/models/codefill-base/model*.safetensors* && cp FILES_AT/*.safetensors \
 #     /tmp/session/model/{config,model.safetensors.index,tokenizer,training}.json engine/models/codefill-base/
-# (see the AFTER notes in training/device_train.sh for the evaluation that decides the default model).
+# (see the AFTER notes in training/device_train.sh for the evaluation that decides the default model;
+# `bash training/judge_device_run.sh FILES_AT` runs that comparison in one go, ~6 minutes, before installing).
 #
 # A machine stays warm for ~30 s after a call, /tmp included: if device time is left, a second call made at once
 # can continue the model just trained without a new start or transfer, e.g.
