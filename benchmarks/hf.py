@@ -58,16 +58,17 @@ def hf_model(model: DiffusionLM, int8_from: Path | None = None) -> Any:
     """A transformers causal LM of the model's shape, dtype and device, holding the model's weights.
 
     int8_from: the model's directory, when its layers carry int8 weights (engine.quantize): the float weights are
-    read from there and the transformers model's decoder layers get the same int8 treatment.
+    read from there and the transformers model's decoder layers and output head get the same int8 treatment.
     """
     from transformers import AutoModelForCausalLM
 
     if int8_from is not None:
         from engine.checkpoint import load_model
-        from engine.quantize import quantize_blocks
+        from engine.quantize import quantize_blocks, quantize_head
 
         hf = hf_model(load_model(int8_from, dtype=torch.float32)[0])
         quantize_blocks(hf.model.layers)
+        quantize_head(hf)
         return hf
     p = model.embed_tokens.weight
     with torch.device(p.device):  # built where it runs (fast on a GPU), then our weights copied over its init

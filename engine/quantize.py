@@ -3,8 +3,10 @@
 On the CPU a denoising step is bound by matrix multiplies: the whole-window pass by arithmetic, the span passes by
 reading the weights from memory. Storing the weights as int8 (one scale per output channel) and quantizing each
 call's activations on the fly (one scale per call) lets torch's x86 int8 kernels (fbgemm, VNNI) do both about
-three times faster than fp32 on our 2-core CPU (README, Speed). The embedding, which is also the output head, stays
-in float: it is one matmul per pass over only the span's rows, and the logits are where precision shows.
+three times faster than fp32 on our 2-core CPU (README, Speed). The embedding stays in float. The output head (tied
+to the embedding) gets its own int8 copy (quantize_head): over a span's ~17 rows it reads the whole 8192 x 384 matrix
+for each step, which took 1.3 ms in fp32 and 0.3 in int8, about 6 ms of a one-line fill; on held-out lines exact match
+stayed level (Python 14.8 against 14.9% of 1,000, JavaScript 5.4 against 5.2% of 500).
 
 The kernels are torch's quantized ops (`torch.ops.quantized.linear_dynamic`). torch marks its quantized tensor types
 deprecated; `available()` tries them once, and where they are missing or fail the engine stays in float and says so.
@@ -84,3 +86,12 @@ def quantize_blocks(blocks: nn.Module) -> int:
     for parent, name, sub in found:
         setattr(parent, name, Int8Linear(sub))
     return len(found)
+
+
+def quantize_head(owner: nn.Module, name: str = "lm_head") -> None:
+    """Replace owner.<name>, an nn.Linear on the CPU (the output head), with an int8 copy; a weight it shares with
+    the embedding stays float there."""
+    head = getattr(owner, name)
+    if not isinstance(head, nn.Linear) or head.weight.device.type != "cpu":
+        raise ValueError("int8 weights are for an nn.Linear on the CPU")
+    setattr(owner, name, Int8Linear(head))

@@ -151,6 +151,8 @@ class Runner:
         int8: on the CPU, int8 weights in the transformer layers (engine.quantize)."""
         self.model = model.to(device=device, dtype=dtype).eval().fuse_projections()
         self.int8 = bool(int8 and quantize.quantize_blocks(self.model.layers))
+        if self.int8:
+            quantize.quantize_head(self.model)
         self.tok = tok
         self.device = device
         self.dtype = dtype

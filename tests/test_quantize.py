@@ -51,9 +51,28 @@ def test_quantize_blocks_replaces_the_layers_linears_only(tiny_model_dir: Path) 
 
 
 @needs_int8
+def test_quantize_head_keeps_the_embedding_float(tiny_model_dir: Path) -> None:
+    model, _ = load_model(tiny_model_dir, dtype=torch.float32)
+    ids = torch.randint(0, model.cfg.vocab_size - 2, (2, 40))
+    with torch.inference_mode():
+        ref, _ = model(ids)
+        embedded = model.embed_tokens(ids)
+    quantize.quantize_head(model)
+    assert isinstance(model.lm_head, quantize.Int8Linear) and isinstance(model.embed_tokens.weight, nn.Parameter)
+    with torch.inference_mode():
+        out, _ = model(ids)
+        assert torch.equal(model.embed_tokens(ids), embedded)
+    assert rel_err(out, ref) < 0.05
+    assert (out.argmax(-1) == ref.argmax(-1)).float().mean() > 0.9
+    with pytest.raises(ValueError, match="CPU"):
+        quantize.quantize_head(model)  # already int8: not an nn.Linear any more
+
+
+@needs_int8
 def test_engine_takes_int8_on_the_cpu_unless_told_otherwise(tiny_model_dir: Path) -> None:
     auto = Engine.from_pretrained(tiny_model_dir, device="cpu")
     assert auto.runner.precision == "int8"
+    assert isinstance(auto.runner.model.lm_head, quantize.Int8Linear)
     assert Engine.from_pretrained(tiny_model_dir, device="cpu", dtype="int8").runner.precision == "int8"
     fp32 = Engine.from_pretrained(tiny_model_dir, device="cpu", dtype="float32")
     assert fp32.runner.precision == "float32"
