@@ -34,36 +34,37 @@ def test_int8_linear_is_close_to_the_float_layer(bias: bool) -> None:
     assert "int8" in repr(q)
 
 
-@needs_int8
-def test_quantize_blocks_replaces_the_layers_linears_only(tiny_model_dir: Path) -> None:
-    model, _ = load_model(tiny_model_dir, dtype=torch.float32)
-    ids = torch.randint(0, model.cfg.vocab_size - 2, (2, 40))
-    with torch.inference_mode():
-        ref, _ = model(ids)
-    linears = sum(isinstance(m, nn.Linear) for m in model.layers.modules())
-    assert quantize.quantize_blocks(model.layers) == linears > 0
-    assert not any(isinstance(m, nn.Linear) for m in model.layers.modules())
-    assert isinstance(model.lm_head, nn.Linear) and model.lm_head.weight is model.embed_tokens.weight
-    with torch.inference_mode():
-        out, _ = model(ids)
-    assert rel_err(out, ref) < 0.05
-    assert (out.argmax(-1) == ref.argmax(-1)).float().mean() > 0.9
-
-
-@needs_int8
-def test_quantize_head_keeps_the_embedding_float(tiny_model_dir: Path) -> None:
+def quantized_close(tiny_model_dir: Path, change) -> nn.Module:  # type: ignore[no-untyped-def]
+    """Load the tiny model, apply change(model), and check its logits stay close to the float model's."""
     model, _ = load_model(tiny_model_dir, dtype=torch.float32)
     ids = torch.randint(0, model.cfg.vocab_size - 2, (2, 40))
     with torch.inference_mode():
         ref, _ = model(ids)
         embedded = model.embed_tokens(ids)
-    quantize.quantize_head(model)
-    assert isinstance(model.lm_head, quantize.Int8Linear) and isinstance(model.embed_tokens.weight, nn.Parameter)
+    change(model)
     with torch.inference_mode():
         out, _ = model(ids)
-        assert torch.equal(model.embed_tokens(ids), embedded)
+        assert torch.equal(model.embed_tokens(ids), embedded)  # the embedding stays float either way
     assert rel_err(out, ref) < 0.05
     assert (out.argmax(-1) == ref.argmax(-1)).float().mean() > 0.9
+    return model
+
+
+@needs_int8
+def test_quantize_blocks_replaces_the_layers_linears_only(tiny_model_dir: Path) -> None:
+    def change(model: nn.Module) -> None:
+        linears = sum(isinstance(m, nn.Linear) for m in model.layers.modules())
+        assert quantize.quantize_blocks(model.layers) == linears > 0
+
+    model = quantized_close(tiny_model_dir, change)
+    assert not any(isinstance(m, nn.Linear) for m in model.layers.modules())
+    assert isinstance(model.lm_head, nn.Linear) and model.lm_head.weight is model.embed_tokens.weight
+
+
+@needs_int8
+def test_quantize_head_keeps_the_embedding_float(tiny_model_dir: Path) -> None:
+    model = quantized_close(tiny_model_dir, quantize.quantize_head)
+    assert isinstance(model.lm_head, quantize.Int8Linear) and isinstance(model.embed_tokens.weight, nn.Parameter)
     with pytest.raises(ValueError, match="CPU"):
         quantize.quantize_head(model)  # already int8: not an nn.Linear any more
 
