@@ -24,3 +24,12 @@ def test_card_rows_stay_one_line_and_name_their_steps(tiny_model_dir: Path) -> N
     table = [line for line in card.splitlines() if line.startswith("|")]
     assert all(line.endswith("|") for line in table)  # no row broken over lines
     assert card.rstrip().endswith("A note.")
+    assert "Python source files" in card and "| source | license | files |" in card
+
+
+def test_card_names_each_source_language_when_there_are_several(tiny_model_dir: Path) -> None:
+    sources = [{"name": "Python standard library", "license": "PSF", "files": 3},
+               {"name": "express 5.3.0", "license": "MIT", "files": 7, "language": "javascript"}]
+    card = render(tiny_model_dir, sources, [], "")
+    assert "Python and JavaScript source files" in card
+    assert "| express 5.3.0 | JavaScript | MIT | 7 |" in card and "| Python standard library | Python | PSF | 3 |" in card

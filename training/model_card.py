@@ -70,10 +70,21 @@ def render(model: Path, sources: list[dict], summaries: list[dict], notes: str) 
         last = history[-1]
         lines.append(f"- validation loss (held-out files, same objective): {history[0]['valid_loss']} after "
                      f"{history[0]['tokens'] / 1e6:.1f}M tokens, {last['valid_loss']} at the end")
+    languages = list(dict.fromkeys(s.get("language", "python") for s in sources)) or ["python"]
+    names = {"python": "Python", "javascript": "JavaScript"}
+    kinds = " and ".join(names.get(lang, lang) for lang in languages)
     lines += ["", "## Data", "",
-              "Python source files, de-duplicated, test directories left out; 1% of files held out for validation."
-              " Never the benchmarks.", "", "| source | license | files |", "| --- | --- | --- |"]
-    lines += [f"| {s['name']} | {_one_line(s['license'])} | {s['files']} |" for s in sources]
+              f"{kinds} source files, de-duplicated, tests (and for JavaScript bundles, minified and transpiled "
+              "copies) left out; 1% of files held out for validation. Never the benchmarks." if len(languages) > 1
+              else f"{kinds} source files, de-duplicated, test directories left out; 1% of files held out for "
+              "validation. Never the benchmarks.", ""]
+    if len(languages) > 1:
+        lines += ["| source | language | license | files |", "| --- | --- | --- | --- |"]
+        lines += [f"| {s['name']} | {names.get(s.get('language', 'python'), s.get('language'))} | "
+                  f"{_one_line(s['license'])} | {s['files']} |" for s in sources]
+    else:
+        lines += ["| source | license | files |", "| --- | --- | --- |"]
+        lines += [f"| {s['name']} | {_one_line(s['license'])} | {s['files']} |" for s in sources]
     lines += ["", "## Evaluation", ""]
     rows = _eval_rows(summaries)
     if rows:
