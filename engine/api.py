@@ -18,7 +18,6 @@ from engine.tokenizer import CodeTokenizer
 from engine.window import Window, build_window
 
 
-
 @dataclass
 class FillRequest:
     """One hole to fill."""

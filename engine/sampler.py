@@ -61,8 +61,8 @@ def default_steps(span_len: int, tokens_per_step: int = 4) -> int:
 
     Fewer tokens a step cost time and make better fills: with the built-in model (third version), exact match on
     1,000 held-out lines of its corpus was 12.2-12.3% at four tokens a step and 13.6-14.0% at three (two seeds of
-    holes). The engine takes three on the CPU, where a whole-window pass costs ~47 ms (int8 weights) and a span pass
-    ~8.5, and two on a GPU, where steps cost little (engine.api.Engine.tokens_per_step).
+    holes). The engine takes three on the CPU, where a whole-window pass costs ~40 ms (int8 weights) and a span pass
+    ~6, and two on a GPU, where steps cost little (engine.api.Engine.tokens_per_step).
     """
     return max(4, min(128 // tokens_per_step, math.ceil(span_len / tokens_per_step)))
 

@@ -495,9 +495,9 @@ class CodefillServer(LanguageServer):
         """Once per model and language: say so when the model was trained on other languages (its engine.json
         lists them; the built-in model knows Python only). The fill still goes ahead."""
         spec = languages.spec_for(language_id)
-        key = (self.settings.model_path, spec.name if spec else "")
-        if spec is None or key in self.languages_noted:
+        if spec is None or (self.settings.model_path, spec.name) in self.languages_noted:
             return
+        key = (self.settings.model_path, spec.name)
         self.languages_noted.add(key)
         note = language_note(self.settings.model_path, spec.name)
         if note:

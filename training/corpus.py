@@ -160,22 +160,11 @@ def gather(roots: list[Path], suffixes: tuple[str, ...] = (".py",),
     for root in roots:
         if any(m in str(root) for m in BENCHMARK_MARKERS):
             raise ValueError(f"{root}: refusing to train on a benchmark")
-        if root.name.endswith(".tgz"):  # an npm package (training.npm): its package.json names the license
-            from training.npm import read_tarball
-
-            name, lic, texts = read_tarball(root)
-            n = take(name, lic, map(_scored, texts))
+        if root.suffix == ".whl" or root.name.endswith(".tgz"):  # a wheel, or an npm package (training.npm)
+            name, lic, texts = _read_archive(root, suffixes)
+            n = take(root.name, lic, map(_scored, texts))
             if n is not None:
                 corpus.sources.append({"name": name, "license": lic, "files": str(n)})
-            continue
-        if root.suffix == ".whl":
-            with zipfile.ZipFile(root) as zf:
-                name, lic = wheel_license(zf)
-                texts = (zf.read(m).decode("utf-8", "replace") for m in zf.namelist()
-                         if keep_path(m, suffixes) and zf.getinfo(m).file_size <= MAX_FILE_BYTES)
-                n = take(root.name, lic, map(_scored, texts))
-                if n is not None:
-                    corpus.sources.append({"name": name, "license": lic, "files": str(n)})
             continue
         n = 0
         for path in sorted(root.rglob("*")):
@@ -185,6 +174,20 @@ def gather(roots: list[Path], suffixes: tuple[str, ...] = (".py",),
         label = "Python standard library" if root == Path(sysconfig.get_paths()["stdlib"]) else root.name
         corpus.sources.append({"name": label, "license": "PSF" if "standard" in label else "see source", "files": str(n)})
     return corpus
+
+
+def _read_archive(path: Path, suffixes: tuple[str, ...]) -> tuple[str, str, list[str]]:
+    """(project name, license, texts of the corpus files) of a wheel or of an npm tarball (training.npm); a wheel
+    whose license is not permissive is not read (gather skips it)."""
+    if path.name.endswith(".tgz"):
+        from training.npm import read_tarball
+
+        return read_tarball(path)
+    with zipfile.ZipFile(path) as zf:
+        name, lic = wheel_license(zf)
+        texts = [zf.read(m).decode("utf-8", "replace") for m in zf.namelist()
+                 if permissive(lic) and keep_path(m, suffixes) and zf.getinfo(m).file_size <= MAX_FILE_BYTES]
+    return name, lic, texts
 
 
 def installed_files(dist: importlib.metadata.Distribution, suffixes: tuple[str, ...],

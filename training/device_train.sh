@@ -14,8 +14,8 @@
 # what comes back into 4 files (the tool returns 8 at most); see its header. This script alone:
 #   run(command="bash training/device_train.sh", carry=["gpu_data"], timeout_s=560)
 # Tunables as environment variables: MINUTES=7.5 BATCH=128 LR=1e-3 (3e-4 when continuing) DECAY_SHARE=0.2 (0.4
-# when continuing) WORKERS=12 (the defaults), NO_COMPILE=1 to train eagerly (torch.compile already falls back to eager by itself if compiling
-# raises), EXTEND=0 to train on the carried data alone, INIT=DIR to continue another model directory. The progress
+# when continuing) WORKERS=12 (the defaults), NO_COMPILE=1 to train eagerly (torch.compile already falls back to
+# eager by itself if compiling raises), EXTEND=0 to train on the carried data alone, INIT=DIR to continue another model directory. The progress
 # (a line every 20 s, valid losses every 2,000 steps) is in the reply's output_tail.
 #
 # EXTEND (default on): before training, `python -m training.device_data extend` adds the Python files of the
@@ -45,9 +45,9 @@
 #     --grid '{"tokens_per_step":[3],"refresh_every":[8]}'     # then the same with the new model
 # The built-in model before any JavaScript (fourth version): on the 23 unseen npm packages ce 3.646, 16-token span
 # accuracy 7.9% (Python's unseen projects: 2.683, 14.1%); 5.2% exact on 500 held-out lines of the training
-# packages' files (13.7-14.9% on Python's). When the new
-# model is clearly better in JavaScript, add "javascript" to "languages" in engine/models/codefill-base/engine.json
-# (the server then stops warning that fills in it will be poor).
+# packages' files (13.7-14.9% on Python's). When the new model is clearly better in JavaScript, add "javascript" to
+# "languages" in engine/models/codefill-base/engine.json (the server then stops warning that fills in it will be
+# poor). training/judge_device_run.sh runs all of this in one go.
 # A later device session runs the same call and continues from the committed directory (fresh optimizer, new
 # warmup; its optimizer state is too large to bring back). first_loss in run.json (before any update) should be
 # near the previous session's last_loss (one batch each: within noise); ~9 (ln 8192) means the weights were lost.
@@ -155,7 +155,8 @@ else
     echo "== no $INIT: training from scratch"
   fi
   train --preset gpu --minutes "$MINUTES" --batch-size "${BATCH:-128}" --lr "${LR:-1e-3}" \
-    --warmup-steps "${WARMUP:-300}" --decay-share "${DECAY_SHARE:-0.2}" --workers "${WORKERS:-12}" ${compile[@]+"${compile[@]}"} \
+    --warmup-steps "${WARMUP:-300}" --decay-share "${DECAY_SHARE:-0.2}" --workers "${WORKERS:-12}" \
+    ${compile[@]+"${compile[@]}"} \
     --log-seconds 20 --eval-every "${EVAL_EVERY:-2000}" --checkpoint-minutes 3 --shard-mb 15 \
     --save-dtype bfloat16 ${init[@]+"${init[@]}"}
   rc=$?

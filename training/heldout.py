@@ -6,8 +6,8 @@
 The files come from the installed distributions of this interpreter (or of --root directories), minus every
 project named in a sources.json, minus codefill itself, filtered by the training corpus's own path filter. With
 --npm DIR they are instead the JavaScript of the npm tarballs in DIR (training/heldout-npm.txt, fetched with
-`python -m training.npm fetch`), kept as training.npm keeps a package's files, minus packages a sources.json names. Every
-model sees the same windows and the same masks: cross-entropy on masked positions at fixed mask rates, and the
+`python -m training.npm fetch`), kept as training.npm keeps a package's files, minus packages a sources.json
+names. Every model sees the same windows and the same masks: cross-entropy on masked positions at fixed mask rates, and the
 argmax accuracy of a contiguous middle span predicted in one forward pass. Runs on the CPU in float32.
 """
 
