@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,7 +72,7 @@ def _bool(value: Any) -> Any:
 
 
 def _device(value: Any) -> Any:
-    if not isinstance(value, str) or not (value in DEVICES or value.startswith("cuda:")):
+    if not isinstance(value, str) or not (value in DEVICES or re.fullmatch(r"cuda:[0-9]+", value)):
         raise ValueError("one of " + ", ".join(DEVICES) + " or cuda:N")
     return value
 

@@ -67,6 +67,24 @@ class LspTextDocument(TextDocument):
             starts.pop()  # no empty last line after a final break (as splitlines)
         return tuple(text[a:b] for a, b in zip(starts, starts[1:] + [len(text)]))
 
+    def _apply_incremental_change(self, change: types.TextDocumentContentChangePartial) -> None:
+        """Splice one edit by offsets, as the server reads positions (positions.offset_at).
+
+        pygls maps each end of the range by summing code units character by character over the whole line (a
+        keystroke in a 1 MB line took ~0.6 s, stalling every document) and, for a column past the line's end,
+        counted the line break as a column: the edit landed after the break, or inside a \r\n, and the server's
+        copy drifted from the editor's. LSP puts a column past the end at the end of the line's content.
+        """
+        text = self.source
+        starts = line_starts(text)
+        enc = self._position_codec.encoding
+        encoding = str(getattr(enc, "value", enc))
+        rng = change.range
+        a = offset_at(text, Pos(rng.start.line, rng.start.character), starts, encoding)
+        b = offset_at(text, Pos(rng.end.line, rng.end.character), starts, encoding)
+        a, b = min(a, b), max(a, b)
+        self._source = text[:a] + change.text + text[b:]
+
 
 def use_lsp_lines(workspace: Workspace) -> None:
     """Make a workspace create LspTextDocuments."""
@@ -114,10 +132,16 @@ class Document:
 
 @dataclass
 class Job:
-    """The newest fill job of a document; an older one is cancelled when a newer one starts."""
+    """The newest fill job of a document for one feature; an older one is cancelled when a newer one starts."""
 
     uri: str
+    feature: str = "inline"  # inline, completion or command: a completion request must not cancel ghost text
     cancel: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def key(self) -> str:
+        """The job's slot, here and in a shared engine (where the newest fill per key wins)."""
+        return self.uri if self.feature == "inline" else f"{self.uri}#{self.feature}"
 
 
 @dataclass
@@ -207,13 +231,15 @@ class CodefillServer(LanguageServer):
             protocol_cls=CodefillProtocol,
         )
         self.settings = settings or Settings()
+        self.start_settings = self.settings  # the command line's, then with initializationOptions over them
+        self.problems_shown: set[str] = set()
         self.engine_factory = engine_factory
         self.engine_spec = engine_spec or EngineSpec()
         self.engine: EngineClient = self._make_engine()
         self.engine_error: str | None = None
         self.engine_loading = False
         self.engine_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="codefill-engine")
-        self.jobs: dict[str, Job] = {}
+        self.jobs: dict[str, Job] = {}  # by Job.key
         self.cache: dict[str, CachedFill] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
         self.progress_open = False
@@ -265,11 +291,17 @@ class CodefillServer(LanguageServer):
             lambda: self.window_show_message(types.ShowMessageParams(type=kind, message=f"codefill: {message}"))
         )
 
-    def apply_settings(self, raw: Any) -> None:
-        """Merge settings from the client; one message for everything rejected; reload the model if it changed."""
-        parsed = parse_settings(raw, self.settings)
-        if parsed.problems:
-            self.show("invalid settings: " + "; ".join(parsed.problems))
+    def apply_settings(self, raw: Any, initial: bool = False) -> None:
+        """Settings from the client: initializationOptions (initial) over the command line's, and each
+        didChangeConfiguration over those, whole (a key the client no longer sends goes back to its value
+        underneath). Rejected values are shown once each; the model reloads if its settings changed."""
+        parsed = parse_settings(raw, self.start_settings)
+        if initial:
+            self.start_settings = parsed.settings
+        fresh = [p for p in parsed.problems if p not in self.problems_shown]
+        if fresh:
+            self.problems_shown.update(fresh)
+            self.show("invalid settings: " + "; ".join(fresh))
         old, self.settings = self.settings, parsed.settings
         if self.settings.log_file != old.log_file:
             self.set_log_file(self.settings.log_file)
@@ -404,9 +436,8 @@ class CodefillServer(LanguageServer):
 
     def forget(self, uri: str) -> None:
         self.cache.pop(uri, None)
-        job = self.jobs.pop(uri, None)
-        if job is not None:
-            job.cancel.set()
+        for key in [k for k, job in self.jobs.items() if job.uri == uri]:
+            self.jobs.pop(key).cancel.set()
 
     # -- fills ------------------------------------------------------------------------------------
 
@@ -433,8 +464,12 @@ class CodefillServer(LanguageServer):
         *,
         invoked: bool = False,
         debounce: bool = True,
+        feature: str = "inline",
     ) -> list[Suggestion]:
-        """Fills for a cursor or a selection: [] when there is none, the document moved on, or no model."""
+        """Fills for a cursor or a selection: [] when there is none, the document moved on, or no model.
+
+        A newer request of the same feature in the same document cancels this one; other features' do not (a
+        client may ask for completion items and ghost text at the same keystroke)."""
         settings = self.settings
         doc = self.document(uri)
         if doc is None:
@@ -455,10 +490,11 @@ class CodefillServer(LanguageServer):
             return []
         self._note_language(doc.language_id)
 
-        previous = self.jobs.get(uri)
+        job = Job(uri, feature)
+        previous = self.jobs.get(job.key)
         if previous is not None:
             previous.cancel.set()
-        job = self.jobs[uri] = Job(uri)
+        self.jobs[job.key] = job
 
         if debounce and settings.debounce_ms and not invoked:
             try:
@@ -480,8 +516,8 @@ class CodefillServer(LanguageServer):
             job.cancel.set()
             raise
         finally:
-            if self.jobs.get(uri) is job:
-                del self.jobs[uri]
+            if self.jobs.get(job.key) is job:
+                del self.jobs[job.key]
         if hole is None or not inserts:
             return []
         self.cache[uri] = CachedFill(text[: hole.start], text[hole.end :], inserts[0])
@@ -513,7 +549,7 @@ class CodefillServer(LanguageServer):
         from engine.errors import EngineError, FillCancelled  # no torch: engine/errors.py is plain
 
         try:
-            result = complete_at(Keyed(self.engine, doc.uri), doc.text, offset, doc.language_id, selection_end=end,
+            result = complete_at(Keyed(self.engine, job.key), doc.text, offset, doc.language_id, selection_end=end,
                                  max_tokens=settings.max_tokens, candidates=candidates,
                                  steps=settings.steps or None, cancel=job.cancel)
         except FillCancelled:
@@ -568,7 +604,7 @@ def make_server(settings: Settings | None = None, engine_factory: str | None = N
         use_lsp_lines(ls.workspace)  # made by pygls just before this handler; no document is open yet
         ls.loop.call_soon(lsp_log.flush_early)  # e.g. the log file named on the command line cannot be written
         if params.initialization_options is not None:
-            ls.apply_settings(params.initialization_options)
+            ls.apply_settings(params.initialization_options, initial=True)
         # Start the load once this answer is on its way: the import of torch would hold the GIL meanwhile.
         ls.loop.call_soon(ls.start_loading)
 
@@ -608,7 +644,8 @@ def make_server(settings: Settings | None = None, engine_factory: str | None = N
     @_guarded(default=types.CompletionList(is_incomplete=True, items=[]))
     async def completion(ls: CodefillServer, params: types.CompletionParams) -> types.CompletionList:
         invoked = params.context is None or params.context.trigger_kind == types.CompletionTriggerKind.Invoked
-        found = await ls.suggest(params.text_document.uri, params.position, debounce=not invoked)
+        found = await ls.suggest(params.text_document.uri, params.position, debounce=not invoked,
+                                 feature="completion")
         items = []
         for i, s in enumerate(found):
             first = s.text.strip().split("\n", 1)[0]
@@ -662,7 +699,7 @@ def make_server(settings: Settings | None = None, engine_factory: str | None = N
     async def _fill_and_apply(ls: CodefillServer, uri: str, rng: types.Range) -> dict[str, Any]:
         start, end = _sorted_range(rng)
         version = ls.version_of(uri)
-        found = await ls.suggest(uri, start, end, debounce=False)
+        found = await ls.suggest(uri, start, end, debounce=False, feature="command")
         if not found:
             return {"applied": False, "reason": "no fill"}
         edit = types.WorkspaceEdit(changes={uri: [types.TextEdit(range=found[0].range, new_text=found[0].text)]})

@@ -101,6 +101,32 @@ async def test_bad_settings_get_one_message_and_the_defaults(tmp_path: Path) -> 
         await stop_server(client)
 
 
+async def test_a_setting_the_client_stops_sending_goes_back(tmp_path: Path) -> None:
+    """didChangeConfiguration replaces the last one whole; the same bad value is reported once, not per change."""
+    client = await start_server(FAKE, init_options={"candidates": 2})
+    try:
+        uri = "file:///revert.py"
+        open_doc(client, uri, '# codefill-fake: "1"\nx = \n')
+
+        def change(settings) -> None:
+            client.workspace_did_change_configuration(types.DidChangeConfigurationParams(settings=settings))
+
+        change({"codefill": {"enabled": False, "maxTokens": "lots"}})
+        await asyncio.sleep(0.3)
+        assert await inline(client, uri, 1, 4) is None
+        change({"codefill": {"maxTokens": "lots"}})  # enabled no longer sent: back to true
+        await asyncio.sleep(0.3)
+        assert (await inline(client, uri, 1, 4)).items[0].insert_text == "1"
+        change({"codefill": {"enabled": False}})
+        change(None)
+        await asyncio.sleep(0.3)
+        assert (await inline(client, uri, 1, 4)).items[0].insert_text == "1"
+        warnings = [m.message for m in client.messages if m.type == types.MessageType.Warning]
+        assert len(warnings) == 1 and "maxTokens='lots'" in warnings[0], warnings
+    finally:
+        await stop_server(client)
+
+
 async def test_log_file_from_the_command_line(tmp_path: Path) -> None:
     log_path = tmp_path / "server.log"
     client = await start_server(FAKE + ["--log-file", str(log_path), "-v"])

@@ -120,3 +120,19 @@ def test_form_feed_and_line_separator_do_not_break_lines(session) -> None:
     change_doc(session.client, uri, 2, types.Range(start=types.Position(line=0, character=11),
                                                    end=types.Position(line=0, character=12)), "X")
     assert session.server_text(uri) == "a = 1\x0c b = X\u2028c = 3\nd = 4\n"
+
+
+@pytest.mark.parametrize("text, line, character, expected", [
+    ("abc\ndef\n", 0, 4, "abcZ\ndef\n"),  # pygls put it after the line break: "abc\nZdef\n"
+    ("abc\r\ndef\n", 0, 4, "abcZ\r\ndef\n"),  # ... or inside the \r\n, adding a line
+    ("abc", 0, 9, "abcZ"),
+    ("abc\n", 5, 0, "abc\nZ"),  # a line past the end: the end of the document
+])
+def test_an_edit_past_the_end_of_a_line_lands_at_its_end(session, text: str, line: int, character: int,
+                                                       expected: str) -> None:
+    """LSP: a column past a line's length means the line's end (found by the audit of session 7)."""
+    uri = next(session.uris)
+    open_doc(session.client, uri, text)
+    pos = types.Position(line=line, character=character)
+    change_doc(session.client, uri, 2, types.Range(start=pos, end=pos), "Z")
+    assert session.server_text(uri) == expected

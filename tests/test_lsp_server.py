@@ -230,6 +230,21 @@ async def test_newest_request_per_document_wins(client) -> None:
     assert time.monotonic() - started < 1.5 + 1.5  # the older fill did not run to the end
 
 
+async def test_a_completion_request_does_not_cancel_ghost_text(client) -> None:
+    """Clients that ask for completion items and ghost text at the same keystroke get both (found in session 7:
+    the two shared one job slot per document, so the completion request cancelled the inline one)."""
+    uri = "file:///both.py"
+    open_doc(client, uri, '# codefill-fake-sleep: 0.5\n# codefill-fake: "42"\nx = \n')
+    ghost = asyncio.ensure_future(inline(client, uri, 2, 4))
+    await asyncio.sleep(0.2)
+    items = await client.text_document_completion_async(types.CompletionParams(
+        text_document=types.TextDocumentIdentifier(uri=uri), position=pos(2, 4),
+        context=types.CompletionContext(trigger_kind=types.CompletionTriggerKind.Invoked)))
+    shown = await ghost
+    assert shown is not None and shown.items[0].insert_text == "42"
+    assert [item.text_edit.new_text for item in items.items][:1] == ["42"]
+
+
 async def test_cancel_request_stops_the_engine(client) -> None:
     uri = "file:///cancelled.py"
     open_doc(client, uri, '# codefill-fake-sleep: 3\n# codefill-fake: "1"\nx = \n')

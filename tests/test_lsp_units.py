@@ -27,6 +27,7 @@ def test_bad_values_keep_the_default_and_say_why() -> None:
                              "enabled": "yes", "maxTokens": True})
     assert parsed.settings == Settings()
     assert len(parsed.problems) == 6
+    assert parse_settings({"device": "cuda:x"}).problems and not parse_settings({"device": "cuda:1"}).problems
     assert any("debounceMs='fast'" in p and "75" in p for p in parsed.problems)
     assert any("cobol" in p for p in parsed.problems)
 
