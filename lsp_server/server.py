@@ -31,6 +31,7 @@ log = logging.getLogger("codefill.server")
 FILL_COMMAND = "codefill.fill"
 DOCUMENT_TEXT_REQUEST = "codefill/documentText"  # the server's copy of a document; for tests and bug reports
 PROGRESS_TOKEN = "codefill/load-model"
+APPLY_EDIT_TIMEOUT_S = 30  # the fill command gives up waiting for the editor to apply its edit
 MAX_DISK_BYTES = 8_000_000  # documents read from disk (not opened by the client) above this are not served
 VERSION = "0.1.0"
 
@@ -38,7 +39,18 @@ T = TypeVar("T")
 
 
 class CodefillProtocol(LanguageServerProtocol):
-    """pygls's protocol, but a request whose params do not parse gets an error response, not silence."""
+    """pygls's protocol, but a request whose params do not parse, or that comes after shutdown, gets an error
+    response, not silence."""
+
+    def handle_message(self, message: Any) -> None:
+        method = getattr(message, "method", None)
+        is_request = isinstance(getattr(message, "id", None), (int, str))
+        if self._shutdown and is_request and method not in (None, types.EXIT):
+            log.warning("%s after shutdown: answered with an error", method)
+            self._send_response(message.id, error=types.ResponseError(
+                code=types.ErrorCodes.InvalidRequest, message=f"{method}: the server is shutting down"))
+            return
+        super().handle_message(message)
 
     def structure_message(self, data: dict[str, Any]) -> Any:
         try:
@@ -233,6 +245,7 @@ class CodefillServer(LanguageServer):
         self.settings = settings or Settings()
         self.start_settings = self.settings  # the command line's, then with initializationOptions over them
         self.problems_shown: set[str] = set()
+        self.exit_code = 0  # what codefill-lsp exits with (1 after an exit notification without shutdown)
         self.engine_factory = engine_factory
         self.engine_spec = engine_spec or EngineSpec()
         self.engine: EngineClient = self._make_engine()
@@ -479,6 +492,9 @@ class CodefillServer(LanguageServer):
             return []
         text = doc.text
         starts = line_starts(text)
+        if position.line >= len(starts) or (selection_end is not None and selection_end.line >= len(starts)):
+            log.info("position past the end of %s (%d lines): the editor's copy has moved on", uri, len(starts))
+            return []
         enc = self.position_encoding
         offset = offset_at(text, Pos(position.line, position.character), starts, enc)
         end = offset_at(text, Pos(selection_end.line, selection_end.character), starts, enc) if selection_end else None
@@ -705,9 +721,17 @@ def make_server(settings: Settings | None = None, engine_factory: str | None = N
         edit = types.WorkspaceEdit(changes={uri: [types.TextEdit(range=found[0].range, new_text=found[0].text)]})
         if ls.version_of(uri) != version:
             return {"applied": False, "reason": "the document changed"}
-        result = await ls.workspace_apply_edit_async(
-            types.ApplyWorkspaceEditParams(edit=edit, label="Fill selection")
-        )
+        caps = ls.client_capabilities.workspace
+        if not (caps is not None and caps.apply_edit):
+            return {"applied": False, "reason": "the editor cannot apply edits (workspace/applyEdit)",
+                    "text": found[0].text, "range": _range_json(found[0].range)}
+        try:
+            result = await asyncio.wait_for(ls.workspace_apply_edit_async(
+                types.ApplyWorkspaceEditParams(edit=edit, label="Fill selection")), APPLY_EDIT_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            log.warning("no answer to workspace/applyEdit in %d s", APPLY_EDIT_TIMEOUT_S)
+            return {"applied": False, "reason": "the editor did not answer workspace/applyEdit",
+                    "text": found[0].text}
         applied = bool(getattr(result, "applied", False))
         return {"applied": applied, "text": found[0].text}
 
@@ -722,6 +746,10 @@ def make_server(settings: Settings | None = None, engine_factory: str | None = N
         for job in ls.jobs.values():
             job.cancel.set()
         ls.engine.close()  # a shared engine stays up for its other clients
+
+    @server.feature(types.EXIT)
+    def exit_(ls: CodefillServer, params: Any) -> None:
+        ls.exit_code = 0 if ls.protocol._shutdown else 1  # LSP: exit without shutdown first is an error exit
 
     return server
 

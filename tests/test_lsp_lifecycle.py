@@ -205,8 +205,31 @@ def test_malformed_json_rpc_on_stdin_is_answered_and_survived() -> None:
         assert got[4]["error"]["code"] == -32601  # method not found
         assert got[5]["result"] is None  # unknown document
         assert got[6]["result"] is None and proc.poll() is None
+        send({"jsonrpc": "2.0", "id": 7, "method": "textDocument/inlineCompletion",
+              "params": {"textDocument": {"uri": "file:///x.py"}, "position": {"line": 0, "character": 0},
+                         "context": {"triggerKind": 1}}})
+        send({"jsonrpc": "2.0", "id": 8, "method": "shutdown"})
+        got = _responses(proc.stdout, {7, 8})
+        assert got[7]["error"]["code"] == got[8]["error"]["code"] == -32600  # after shutdown: InvalidRequest
         send({"jsonrpc": "2.0", "method": "exit"})
         assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_exit_without_shutdown_is_an_error_exit() -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "lsp_server", *FAKE], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=server_env(), cwd=REPO)
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(_frame({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"capabilities": {}}}))
+        proc.stdin.flush()
+        assert "capabilities" in _responses(proc.stdout, {1})[1]["result"]
+        proc.stdin.write(_frame({"jsonrpc": "2.0", "method": "exit"}))
+        proc.stdin.flush()
+        assert proc.wait(timeout=10) == 1
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -168,6 +168,24 @@ async def test_fill_selection_by_code_action_and_command(client) -> None:
     assert after.endswith("def mul(a, b):\n    return a * b\n")
 
 
+async def test_fill_command_without_apply_edit_returns_the_edit() -> None:
+    """A client that cannot apply edits is not sent workspace/applyEdit (it might never answer); it gets the fill
+    and its range in the command's result instead."""
+    caps = types.ClientCapabilities(window=types.WindowClientCapabilities(work_done_progress=True),
+                                    workspace=types.WorkspaceClientCapabilities(apply_edit=False))
+    c = await start_server(["--engine-factory", FAKE_ENGINE, "--debounce-ms", "0"], capabilities=caps)
+    try:
+        uri = "file:///noapply.py"
+        open_doc(c, uri, '# codefill-fake: "a * b"\ndef mul(a, b):\n    return a + b\n')
+        result = await c.workspace_execute_command_async(types.ExecuteCommandParams(
+            command="codefill.fill", arguments=[uri, {"start": {"line": 2, "character": 11},
+                                                       "end": {"line": 2, "character": 16}}]))
+        assert result["applied"] is False and result["text"] == "a * b" and c.applied_edits == []
+        assert result["range"] == {"start": {"line": 2, "character": 11}, "end": {"line": 2, "character": 16}}
+    finally:
+        await stop_server(c)
+
+
 async def test_no_code_action_without_a_selection(client) -> None:
     uri = "file:///noselection.py"
     open_doc(client, uri, "x = 1\n")
