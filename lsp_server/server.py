@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, TypeVar
 
+from cattrs import ClassValidationError, transform_error
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
 from pygls.lsp.server import LanguageServer
@@ -58,9 +59,20 @@ class CodefillProtocol(LanguageServerProtocol):
         except JsonRpcException as exc:
             msg_id = data.get("id") if isinstance(data, dict) else None
             if "method" in data and isinstance(msg_id, (int, str)) and not isinstance(msg_id, bool):
-                log.warning("invalid params for %s (id %r): answered with an error", data.get("method"), msg_id)
-                self._send_response(msg_id, error=exc.to_response_error())
+                detail = _validation_detail(exc.__cause__)
+                log.warning("invalid params for %s (id %r): %s", data.get("method"), msg_id, detail)
+                error = exc.to_response_error()
+                if detail:
+                    error.message = f"{error.message}: {detail}"
+                self._send_response(msg_id, error=error)
             raise
+
+
+def _validation_detail(cause: BaseException | None) -> str:
+    """What was wrong with a message's params, in cattrs' words ("expected int @ $.params.position.line")."""
+    if not isinstance(cause, ClassValidationError):
+        return ""
+    return "; ".join(transform_error(cause, path="$")[:3])
 
 
 class LspTextDocument(TextDocument):
