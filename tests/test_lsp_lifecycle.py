@@ -202,7 +202,7 @@ def test_malformed_json_rpc_on_stdin_is_answered_and_survived() -> None:
         got = _responses(proc.stdout, {None, 3, 4, 5, 6})
         assert got[None]["error"]["code"] == -32700  # parse error, id null
         assert got[3]["error"]["code"] == -32602  # invalid params, saying which
-        assert "required field missing @ $.params.textDocument" in got[3]["error"]["message"]
+        assert "required field missing @ $.params.position" in got[3]["error"]["message"]
         assert got[4]["error"]["code"] == -32601  # method not found
         assert got[5]["result"] is None  # unknown document
         assert got[6]["result"] is None and proc.poll() is None
