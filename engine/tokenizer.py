@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import re
 from functools import cached_property
 from pathlib import Path
 
@@ -24,6 +25,15 @@ FAMILY_TOKENS: dict[str, dict[str, list[str]]] = {
     "Dream": {"mask": ["<|mask|>"], "end": ["<|endoftext|>", "<|im_end|>", "<|dlm_pad|>"]},
     "open-dcoder": {"mask": ["<M>"], "end": ["<|endoftext|>", "<|im_end|>"]},
 }
+
+
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def _encodable(text: str) -> str:
+    """Text with each lone surrogate (an editor may send one; UTF-8 cannot hold it) as U+FFFD: one character for
+    one, so offsets into the encoded text are offsets into text."""
+    return text if text.isascii() else _SURROGATE.sub("\ufffd", text)
 
 
 class TokenizerError(ValueError):
@@ -71,11 +81,11 @@ class CodeTokenizer:
 
     def encode(self, text: str) -> list[int]:
         """Text -> ids, without special tokens."""
-        return self.tok.encode(text, add_special_tokens=False).ids
+        return self.tok.encode(_encodable(text), add_special_tokens=False).ids
 
     def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
         """Text -> ids and each id's (start, end) character offsets."""
-        enc = self.tok.encode(text, add_special_tokens=False)
+        enc = self.tok.encode(_encodable(text), add_special_tokens=False)
         return enc.ids, enc.offsets
 
     def decode(self, ids: list[int]) -> str:

@@ -26,6 +26,7 @@ SUFFIX_CHARS = 3000
 _AUTO_CLOSED = re.compile(r"[)\]}>\"'`]+[;:,]?")
 _OPENERS = ("{", "(", "[")
 _PAIRS = {"(": ")", "[": "]", "{": "}"}
+_LINE_BREAK = re.compile(r"\r\n?|\n")
 
 
 @dataclass(frozen=True)
@@ -124,46 +125,58 @@ def _syntax_at(spec: LanguageSpec | None, text: str, offset: int) -> _Syntax:
     return _Syntax(in_comment, in_string, empty_args, in_block)
 
 
+def line_bounds(text: str, offset: int) -> tuple[int, int]:
+    """Start and end (before its line break) of the line holding offset; lines end at \\n, \\r\\n or \\r, as in
+    LSP (positions.line_starts), found without scanning the whole document."""
+    newline = text.rfind("\n", 0, offset)
+    start = max(newline, text.rfind("\r", newline + 1, offset)) + 1
+    found = _LINE_BREAK.search(text, offset)
+    return start, found.start() if found else len(text)
+
+
+def line_break(text: str) -> str:
+    """The document's line break: the first one in it (\\n, \\r\\n or \\r), or \\n when it has none."""
+    found = _LINE_BREAK.search(text)
+    return found.group() if found else "\n"
+
+
+def neighbour_line(text: str, pos: int, step: int) -> str | None:
+    """The nearest non-blank line above (step=-1, pos at a line start) or below (step=1, pos at a line end)."""
+    while True:
+        if step < 0:
+            if pos == 0:
+                return None
+            pos -= 2 if text[max(pos - 2, 0) : pos] == "\r\n" else 1  # the end of the line above
+            start, end = line_bounds(text, pos)
+            pos = start
+        else:
+            found = _LINE_BREAK.match(text, pos)
+            if found is None:
+                return None
+            start, end = line_bounds(text, found.end())
+            pos = end
+        if text[start:end].strip():
+            return text[start:end]
+
+
 def _clip_prefix(prefix: str) -> str:
     if len(prefix) <= PREFIX_CHARS:
         return prefix
     clipped = prefix[-PREFIX_CHARS:]
-    cut = clipped.find("\n")
-    return clipped[cut + 1 :] if 0 <= cut < len(clipped) // 2 else clipped
+    found = _LINE_BREAK.search(clipped)
+    return clipped[found.end() :] if found and found.start() < len(clipped) // 2 else clipped
 
 
 def _clip_suffix(suffix: str) -> str:
     if len(suffix) <= SUFFIX_CHARS:
         return suffix
     clipped = suffix[:SUFFIX_CHARS]
-    cut = clipped.rfind("\n")
-    return clipped[: cut + 1] if cut > len(clipped) // 2 else clipped
+    last_line = line_bounds(clipped, len(clipped))[0]
+    return clipped[:last_line] if last_line > len(clipped) // 2 else clipped
 
 
 def _estimate_tokens(text: str) -> int:
     return max(1, len(text) // 3)
-
-
-def _neighbour_line(text: str, pos: int, step: int) -> str | None:
-    """The nearest non-blank line above (step=-1, pos at a line start) or below (step=1, pos at a line end)."""
-    if step < 0:
-        end = pos - 1
-        while end >= 0:
-            start = text.rfind("\n", 0, end) + 1
-            line = text[start:end].rstrip("\r")
-            if line.strip():
-                return line
-            end = start - 1
-        return None
-    start = pos + 1
-    while start <= len(text):
-        end = text.find("\n", start)
-        end = len(text) if end < 0 else end
-        line = text[start:end].rstrip("\r")
-        if line.strip():
-            return line
-        start = end + 1
-    return None
 
 
 def find_hole(
@@ -189,11 +202,7 @@ def find_hole(
             max_tokens=max(1, min(budget, cap)), single_line=single, in_comment=in_comment,
         )
 
-    line_start = text.rfind("\n", 0, offset) + 1
-    line_end = text.find("\n", offset)
-    line_end = len(text) if line_end < 0 else line_end
-    if line_end > line_start and text[line_end - 1] == "\r":
-        line_end -= 1
+    line_start, line_end = line_bounds(text, offset)
     line = text[line_start:line_end]
     current_indent = _leading_ws(line)
 
@@ -201,7 +210,7 @@ def find_hole(
         start, end = sorted((offset, min(max(selection_end, 0), len(text))))
         selected = text[start:end]
         budget = min(max(_estimate_tokens(selected) * 3 // 2 + 4, 8), BLOCK_TOKENS)
-        return make("selection", start, end, budget, "\n" not in selected, indent=current_indent)
+        return make("selection", start, end, budget, _LINE_BREAK.search(selected) is None, indent=current_indent)
 
     left = text[line_start:offset]
     right = text[offset:line_end]
@@ -214,8 +223,8 @@ def find_hole(
 
     if not left.strip() and not right.strip():
         # A blank line: a block of statements may go here.
-        prev = _neighbour_line(text, line_start, -1)
-        nxt = _neighbour_line(text, line_end, 1)
+        prev = neighbour_line(text, line_start, -1)
+        nxt = neighbour_line(text, line_end, 1)
         prev_indent = _leading_ws(prev) if prev is not None else ""
         opens = prev is not None and _opens_block(prev, spec)
         if left:
@@ -233,7 +242,7 @@ def find_hole(
     if left.strip() and not right.strip():
         if _opens_block(left, spec):
             # The end of a line that opens a block: statements go on the lines below.
-            nxt = _neighbour_line(text, line_end, 1)
+            nxt = neighbour_line(text, line_end, 1)
             inner = current_indent + unit
             empty_body = nxt is None or len(_leading_ws(nxt)) <= len(current_indent)
             if nxt is not None and not empty_body:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from lsp_server import languages
-from lsp_server.holes import Hole
+from lsp_server.holes import Hole, line_bounds, line_break, neighbour_line
 from lsp_server.languages import LanguageSpec
 
 _CLOSE_OF = {"(": ")", "[": "]", "{": "}"}
 _OPEN_OF = {v: k for k, v in _CLOSE_OF.items()}
+_LINE_ENDERS = ")]};,"  # closing brackets and the punctuation that may follow them at a line's end
 _MAX_REPAIRS = 6
 
 
@@ -42,20 +43,9 @@ def bracket_scan(text: str) -> tuple[str, str]:
     return "".join(unmatched), "".join(stack)
 
 
-def _first_lines(text: str, count: int) -> list[str]:
-    """The first non-blank lines of text (with their indentation)."""
-    out = []
-    for line in text.split("\n"):
-        if line.strip():
-            out.append(line.rstrip())
-            if len(out) == count:
-                break
-    return out
-
-
 def _line_before(hole: Hole, document: str) -> str:
     """The text of the line the fill's first line continues (document text left of the hole, then lead)."""
-    head = document[document.rfind("\n", 0, hole.start) + 1 : hole.start] + hole.lead
+    head = document[line_bounds(document, hole.start)[0] : hole.start] + hole.lead
     return head[head.rfind("\n") + 1 :]
 
 
@@ -72,33 +62,47 @@ def _shape_lines(hole: Hole, fill: str) -> str:
 
 
 def _strip_repeated_closers(body: str, rest_of_line: str) -> str:
-    """Drop the rest of the line, or closing brackets, that the fill writes again before them."""
-    if rest_of_line and body.rstrip().endswith(rest_of_line):
-        return body.rstrip()[: len(body.rstrip()) - len(rest_of_line)]
-    unmatched, _ = bracket_scan(body)
+    """Drop what the fill writes again of the rest of the line: all of it, or the longest tail of closing brackets
+    and punctuation (`)`, `;`, ...) that the rest of the line starts with, or ends with when it holds nothing else
+    (the auto-closed `));` after a fill `a, b) => a + b);`). A closer of a bracket the fill opened stays."""
     stripped = body.rstrip()
-    k = 0
-    while k < len(unmatched) and k < len(stripped) and stripped[-1 - k] == unmatched[-1 - k]:
-        k += 1
-    if k and rest_of_line.startswith(stripped[len(stripped) - k :]):
-        return stripped[: len(stripped) - k]
-    return body
+    if rest_of_line and stripped.endswith(rest_of_line):
+        return stripped[: len(stripped) - len(rest_of_line)]
+    enders = len(stripped) - len(stripped.rstrip(_LINE_ENDERS))
+    _, still_open = bracket_scan(stripped[: len(stripped) - enders])
+    # Closers at the end that close no bracket of the fill's own: only these may go.
+    spare = sum(ch in _OPEN_OF for ch in stripped[len(stripped) - enders :]) - len(still_open)
+    only_enders = bool(rest_of_line) and not rest_of_line.strip(_LINE_ENDERS)
+    cut = 0
+    for k in range(1, enders + 1):
+        tail = stripped[len(stripped) - k :]
+        if tail[0] in _OPEN_OF:
+            spare -= 1
+        if spare < 0:
+            break
+        if rest_of_line.startswith(tail) or (only_enders and rest_of_line.endswith(tail)):
+            cut = k
+    return stripped[: len(stripped) - cut] if cut else body
 
 
 def dedupe_against_suffix(hole: Hole, fill: str, document: str) -> str:
-    """Remove what the fill repeats of the code already after the hole."""
+    """Remove what the fill repeats of the code already after the hole; a one-line fill that only repeats the start
+    of the rest of the line becomes ''."""
     after = hole.trail + hole.keep + document[hole.end :]
-    rest_of_line = after.split("\n", 1)[0].strip()
+    rest_end = line_bounds(after, 0)[1]
+    rest_of_line = after[:rest_end].strip()
     lines = fill.split("\n")
     if len(lines) == 1:
+        if rest_of_line.startswith(fill.strip()):
+            return ""
         fill = _strip_repeated_closers(fill, rest_of_line)
         lines = [fill]
     # Whole lines that repeat the next line of code: the fill stops before them.
-    following = _first_lines(after if not rest_of_line else after.split("\n", 1)[-1] if "\n" in after else "", 1)
-    if following:
+    following = neighbour_line(after, rest_end, 1)
+    if following is not None:
         absolute = [_line_before(hole, document) + lines[0]] + lines[1:]
         for i, line in enumerate(absolute):
-            if line.strip() and line.rstrip() == following[0]:
+            if line.strip() and line.rstrip() == following.rstrip():
                 lines = lines[:i]
                 break
     fill = "\n".join(lines)
@@ -148,6 +152,29 @@ def _repairs(fill: str) -> list[str]:
     return [c for c in dict.fromkeys(out) if c.strip() and c != fill][:_MAX_REPAIRS]
 
 
+def _parse_checked(hole: Hole, fill: str, document: str, spec: LanguageSpec | None,
+                   errors_before: int | None) -> str | None:
+    """The fill, or the repair of it that parses best, when the document parses no worse with it; else None."""
+    if not fill.strip():
+        return None
+    if spec is None:
+        return fill
+    if errors_before is None:
+        errors_before = languages.count_syntax_errors(spec, document)
+    if errors_before is None:
+        return fill  # too large to check
+    best, best_errors = None, errors_before + 1
+    for candidate in [fill, *_repairs(fill)]:
+        after = languages.count_syntax_errors(spec, _filled(document, hole, candidate))
+        if after is None:
+            return candidate
+        if after < best_errors:
+            best, best_errors = candidate, after
+        if after == 0 or (candidate is fill and after < errors_before):
+            break
+    return best
+
+
 def postprocess(
     hole: Hole,
     fill: str,
@@ -159,24 +186,10 @@ def postprocess(
 
     A fill that leaves the document parsing worse than before (more ERROR/MISSING nodes) is
     dropped, or repaired (brackets closed, stray closers dropped, fewer lines) when a repair
-    parses no worse; the repair that parses best wins.
+    parses no worse; the repair that parses best wins. Line breaks are \\n until here, where
+    they become the document's own (\\r\\n in a CRLF file).
     """
-    fill = clean_fill(hole, fill, document)
-    if not fill.strip():
+    fill = _parse_checked(hole, clean_fill(hole, fill, document), document, spec, errors_before)
+    if fill is None:
         return None
-    if spec is None:
-        return hole.insert_text(fill)
-    if errors_before is None:
-        errors_before = languages.count_syntax_errors(spec, document)
-    if errors_before is None:
-        return hole.insert_text(fill)  # too large to check
-    best, best_errors = None, errors_before + 1
-    for candidate in [fill, *_repairs(fill)]:
-        after = languages.count_syntax_errors(spec, _filled(document, hole, candidate))
-        if after is None:
-            return hole.insert_text(candidate)
-        if after < best_errors:
-            best, best_errors = candidate, after
-        if after == 0 or (candidate is fill and after < errors_before):
-            break
-    return hole.insert_text(best) if best is not None else None
+    return hole.insert_text(fill).replace("\n", line_break(document))

@@ -13,6 +13,7 @@ from lsp_server.holes import (
     SUFFIX_CHARS,
     detect_indent_unit,
     find_hole,
+    line_break,
 )
 
 
@@ -113,6 +114,26 @@ def test_filled_hole_parses_as_well_as_before(language_id, marked, kind, single,
     line_of_fill = filled[: hole.start + len(hole.lead) + 1].rsplit("\n", 1)[-1]
     assert line_of_fill.startswith(hole.indent) and hole.indent.strip() == ""
     assert hole.indent != "" or text[: hole.start].rstrip().endswith(":") is False
+
+
+@pytest.mark.parametrize("eol", ["\r\n", "\r"], ids=["crlf", "cr"])
+@pytest.mark.parametrize("language_id, marked, kind, single, replaced, lead, trail, keep", CASES)
+def test_hole_is_the_same_with_any_line_break(eol, language_id, marked, kind, single, replaced, lead, trail,
+                                              keep) -> None:
+    """Lines end at \\n, \\r\\n or \\r, as in LSP: a CRLF or lone-CR file gets the hole an LF file gets (the server's
+    lead and trail stay \\n until post-processing)."""
+    text, a, b = _split(marked.replace("\n", eol))
+    hole = find_hole(text, a, language_id, b)
+    assert (hole.kind, hole.single_line) == (kind, single)
+    assert text[hole.start : hole.end] == replaced.replace("\n", eol)
+    assert (hole.lead, hole.trail, hole.keep) == (lead, trail, keep)
+
+
+def test_line_break_is_the_documents_first() -> None:
+    assert line_break("a\r\nb\nc\r") == "\r\n"
+    assert line_break("a\rb\r\n") == "\r"
+    assert line_break("a\nb\r\n") == "\n"
+    assert line_break("no break") == "\n"
 
 
 def test_cursor_out_of_range_is_clamped() -> None:

@@ -6,7 +6,7 @@ import pytest
 
 from lsp_server import languages
 from lsp_server.holes import find_hole
-from lsp_server.postprocess import bracket_scan, postprocess
+from lsp_server.postprocess import bracket_scan, dedupe_against_suffix, postprocess
 
 
 def _apply(language_id: str | None, marked: str, fill: str) -> tuple[str | None, str | None]:
@@ -26,6 +26,9 @@ CASES = [
     ("python", "x = foo(|)\n", "a, b", "x = foo(a, b)\n"),
     ("python", "x = foo(|)\n", "bar(a))", "x = foo(bar(a))\n"),
     ("javascript", "f(|);\n", "a, b);", "f(a, b);\n"),
+    # ... also when the fill closes them around its own text, and ends with the `;` already there.
+    ("javascript", "f(g(|));\n", "x);", "f(g(x));\n"),
+    ("javascript", "f(g(|));\n", "h(x);", "f(g(h(x)));\n"),
     ("rust", "fn f() {\n    let v = vec![|];\n}\n", "1, 2, 3]", "fn f() {\n    let v = vec![1, 2, 3];\n}\n"),
     # Unclosed brackets in the fill are closed rather than breaking the file.
     ("python", "x = foo(|)\n", "a, (b", "x = foo(a, (b))\n"),
@@ -37,7 +40,8 @@ CASES = [
     ("python", "def f(a):\n    |\n    return x\n", "x = a * 2\n    return x", "def f(a):\n    x = a * 2\n    return x\n"),
     ("javascript", "function f(a) {|}\n", "return a;\n}", "function f(a) {\n  return a;\n}\n"),
     ("go", "package main\n\nfunc f() int {\n\t|\n}\n", "return 1\n}", "package main\n\nfunc f() int {\n\treturn 1\n}\n"),
-    # A fill that is only the next line again is dropped.
+    # A fill that is only the next line again, or the start of the rest of the line, is dropped.
+    ("python", "def f(a, b):\n    |total = a + b\n", "total = a", None),
     ("python", "def f(a):\n    |\n    return x\n", "return x", None),
     # Multi-line fills stay inside the block they start in.
     ("python", "def f(a):\n|\n\ndef g():\n    pass\n", "return a\n\ndef g():\n    pass",
@@ -64,6 +68,28 @@ def test_postprocess_table(language_id, marked, fill, expected) -> None:
         spec = languages.spec_for(language_id)
         before_text = marked.replace("|", "")
         assert languages.count_syntax_errors(spec, after) <= languages.count_syntax_errors(spec, before_text)
+
+
+@pytest.mark.parametrize("eol", ["\r\n", "\r"], ids=["crlf", "cr"])
+@pytest.mark.parametrize("language_id, marked, fill, expected", CASES)
+def test_insert_uses_the_documents_line_break(eol, language_id, marked, fill, expected) -> None:
+    """In a CRLF (or lone-CR) file the same fill lands the same way, with the file's own line breaks."""
+    spec = languages.spec_for(language_id)
+    if spec is not None and expected is not None and (
+        languages.count_syntax_errors(spec, expected.replace("\n", eol)) > languages.count_syntax_errors(spec, expected)
+    ):
+        pytest.skip("the grammar takes a lone \\r for whitespace (tree-sitter-python then cannot dedent)")
+    _, after = _apply(language_id, marked.replace("\n", eol), fill)
+    assert after == (expected.replace("\n", eol) if expected is not None else None)
+
+
+def test_trailing_punctuation_does_not_stop_closer_stripping() -> None:
+    """The tail of closers and `;` that repeats the auto-closed `));` goes; the closer of the fill's own `g(` stays."""
+    marked = "const s = xs.reduce((|));\n"
+    text = marked.replace("|", "")
+    hole = find_hole(text, marked.index("|"), "javascript")
+    assert dedupe_against_suffix(hole, "a, b) => a + b);", text) == "a, b) => a + b"
+    assert dedupe_against_suffix(hole, "a, b) => g(b);", text) == "a, b) => g(b)"
 
 
 def test_fill_never_parses_worse_than_before() -> None:

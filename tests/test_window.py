@@ -77,3 +77,14 @@ def test_no_healing_at_a_line_start_or_an_empty_prefix(tok: CodeTokenizer, prefi
 
 def test_no_healing_of_a_one_token_span(tok: CodeTokenizer) -> None:
     assert build_window(tok, "return ", "\n", 1, heal=True).healed == ""
+
+
+def test_lone_surrogate_is_encoded_as_a_replacement_character(tok: CodeTokenizer) -> None:
+    """An editor may send a lone surrogate (JSON "\\ud800"), which UTF-8 cannot hold: it is encoded as U+FFFD, one
+    character for one, so the window is built and offsets still point into the text as given."""
+    prefix, suffix = 'x = "\ud800"\ny = max(', "\n\ud800"
+    w = build_window(tok, prefix, suffix, 16, window=256)
+    assert tok.decode(w.prefix_ids) == prefix.replace("\ud800", "\ufffd")
+    assert tok.decode(w.suffix_ids) == suffix.replace("\ud800", "\ufffd")
+    ids, offsets = tok.encode_with_offsets("a\ud800b")
+    assert ids == tok.encode("a\ufffdb") and offsets[-1][1] == 3
