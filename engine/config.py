@@ -91,7 +91,7 @@ class EngineConfig:
     steps: int = 0  # 0: choose from the span length (see sampler.default_steps)
     tokens_per_step: int = 0  # what steps=0 aims at; 0: 3 on the CPU, 2 on a GPU
     order: str = "confidence"  # confidence, margin, entropy
-    threshold: float = 0.0  # > 0: commit every masked position above this confidence (at least one per step)
+    threshold: float = 0.0  # > 0: each step also commits every masked position above this confidence
     temperature: float = 0.0
     end_penalty: float = 0.0  # subtracted from the end token's logit
     block: int = 0  # > 0: only the first `block` still-masked positions may be committed (semi-autoregressive)

@@ -26,7 +26,7 @@ class SamplerConfig:
     steps: int = 0  # 0: default_steps(span length, tokens_per_step)
     tokens_per_step: int = 4  # what steps=0 aims at
     order: str = "confidence"
-    threshold: float = 0.0  # > 0: commit every masked position above this confidence, at least one a step
+    threshold: float = 0.0  # > 0: also commit every masked position above this confidence (beyond the schedule)
     block: int = 0  # > 0: only the first `block` still-masked positions are eligible (semi-autoregressive)
     temperature: float = 0.0
     seed: int | None = None
@@ -161,10 +161,9 @@ def denoise(
             score = score.masked_fill(rank_in_live > cfg.block, -math.inf)
         n_live = live.sum(1)  # [B]
         left = steps - step
+        n_commit = torch.div(n_live + left - 1, left, rounding_mode="floor").clamp_min(1)  # ceil
         if cfg.threshold > 0:
-            n_commit = ((conf > cfg.threshold) & live).sum(1).clamp_min(1)
-        else:
-            n_commit = torch.div(n_live + left - 1, left, rounding_mode="floor").clamp_min(1)  # ceil
+            n_commit = torch.maximum(n_commit, ((conf > cfg.threshold) & live).sum(1))
         order = score.argsort(dim=1, descending=True)  # [B, K]
         rank = torch.empty_like(order)
         rank.scatter_(1, order, positions.expand(b, k))

@@ -66,10 +66,13 @@ def test_threshold_commits_all_confident_positions_at_once() -> None:
     assert passes == 2 and span == [5, 6, 7, 8]
 
 
-def test_threshold_commits_at_least_one_per_step() -> None:
-    m = FakeModel([5, 6, 7, 8], conf=[0.2] * 4)
-    _, _, passes = run(m, 4, steps=4, threshold=0.9, min_tokens=0)
-    assert passes == 4
+def test_threshold_commits_at_least_the_schedule() -> None:
+    """Below the threshold the linear schedule still holds (it used to fall back to one position a step and leave
+    the rest to the last step)."""
+    m = FakeModel(list(range(5, 13)), conf=[0.2] * 8)
+    span, _, passes = run(m, 8, steps=4, threshold=0.9, min_tokens=0)
+    assert [int((c[0] != MASK).sum()) for c in m.calls] == [0, 2, 4, 6]
+    assert passes == 4 and span == list(range(5, 13))
 
 
 def test_end_token_ends_the_fill_early() -> None:
