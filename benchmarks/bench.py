@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from engine.cli import non_negative_int, positive_int
+
 
 def _ints(text: str) -> list[int]:
     try:
@@ -57,12 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--dtypes", type=_words(set(DTYPE_NAMES)), default=None,
                    help="float32, bfloat16, int8 (int8 weights, CPU only); default float32,int8 on the CPU and "
                         "float32,bfloat16 elsewhere")
-    e.add_argument("--steps", type=int, default=0,
-                   help="denoising steps (default: the engine's, ceil(k/4) between 4 and 32)")
-    e.add_argument("--window", type=int, default=256, help="window tokens: prefix + span + suffix (default 256)")
-    e.add_argument("--refresh-every", type=int, default=4, help="full-window pass every N steps with the cache")
-    e.add_argument("--reps", type=int, default=5, help="timed runs per setting (default 5)")
-    e.add_argument("--warmup", type=int, default=1, help="untimed runs first (default 1)")
+    e.add_argument("--steps", type=non_negative_int, default=0,
+                   help="denoising steps, the same for every fill of k tokens (default 0: ceil(k/4) between 4 and "
+                        "32 on every device, not the engine's own default, which aims at 3 tokens a step on the CPU "
+                        "and 2 on a GPU)")
+    e.add_argument("--window", type=positive_int, default=256,
+                   help="window tokens: prefix + span + suffix (default 256)")
+    e.add_argument("--refresh-every", type=positive_int, default=4,
+                   help="full-window pass every N steps with the cache")
+    e.add_argument("--reps", type=positive_int, default=5, help="timed runs per setting (default 5)")
+    e.add_argument("--warmup", type=non_negative_int, default=1, help="untimed runs first (default 1)")
     e.add_argument("--baselines", type=_words({"ours", "hf", "none"}), default=["ours", "hf"],
                    help="autoregressive baselines: ours (causal decoder, same weights), hf (transformers)")
     e.add_argument("--ar-prompt", choices=["context", "prefix"], default="context",
@@ -70,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--proto", action="store_true", help="also time prototypes of engine changes")
     e.add_argument("--proto-compile", action="store_true",
                    help="with --proto, also the fixed-shape step under torch.compile (compiling takes minutes)")
-    e.add_argument("--threads", type=int, default=0,
+    e.add_argument("--threads", type=non_negative_int, default=0,
                    help="CPU threads (EngineConfig.threads; default: the engine's choice, one for small models)")
     e.add_argument("--omp-passive", action="store_true",
                    help="set OMP_WAIT_POLICY=PASSIVE before torch loads (on a busy CPU, spinning OpenMP threads "
@@ -83,9 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("lsp", help="request-to-answer latency through the language server over stdio")
     s.add_argument("--model", default=None, help="as for engine")
     s.add_argument("--device", default="cpu")
-    s.add_argument("--steps", type=int, default=0, help="server's steps setting (0: the engine's default)")
-    s.add_argument("--reps", type=int, default=10)
-    s.add_argument("--warmup", type=int, default=2)
+    s.add_argument("--steps", type=non_negative_int, default=0,
+                   help="server's steps setting (0: the engine's default)")
+    s.add_argument("--reps", type=positive_int, default=10)
+    s.add_argument("--warmup", type=non_negative_int, default=2)
     s.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the server to load")
     s.add_argument("--out", type=Path, default=None)
     s.add_argument("--plot", type=Path, default=None)

@@ -366,7 +366,8 @@ def load_model(
 
     dtype None (or "auto") keeps the checkpoint's precision: the dtype of its embedding, applied to every tensor; a
     torch dtype or its name ("bfloat16") casts. Raises CheckpointError, naming the file, for anything missing,
-    malformed, truncated or inconsistent. Parameters are ordinary trainable nn.Parameters on `device`.
+    malformed, truncated or inconsistent, and for a weight holding NaN or infinite values. Parameters are ordinary
+    trainable nn.Parameters on `device`.
     """
     root = _check_directory(path)
     config_path = root / CONFIG_FILE
@@ -395,7 +396,12 @@ def load_model(
             # safe_open memory-maps the file; each tensor is copied once, onto the target device.
             with safe_open(str(file), framework="pt", device=str(dev) if dev.type != "cpu" else "cpu") as fh:
                 for name in file_names:
-                    state[names[name]] = fh.get_tensor(name).to(target)
+                    tensor = fh.get_tensor(name)
+                    if not torch.isfinite(tensor).all():  # garbled bytes: NaN weights crash or corrupt every fill
+                        raise CheckpointError(
+                            f"{file}: tensor {name!r} holds NaN or infinite values (the file is corrupt)"
+                        )
+                    state[names[name]] = tensor.to(target)
         except CheckpointError:
             raise
         except Exception as exc:  # safetensors raises its own error types

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import json
+import os
+import re
 import sys
 from pathlib import Path
+from typing import Callable
+
+from lsp_server.positions import line_starts
 
 EXTENSION_LANGUAGES = {
     ".py": "python", ".pyi": "python", ".js": "javascript", ".mjs": "javascript", ".cjs": "javascript",
@@ -14,15 +20,65 @@ EXTENSION_LANGUAGES = {
 }
 
 
+DTYPE_HELP = "auto (int8 weights on the CPU, bfloat16 on a GPU), float32, bfloat16, float16 or int8"
+DEVICE_HELP = "auto (default: CUDA when present, else the CPU), cpu, cuda, cuda:N or mps"
+
+
 class UsageError(Exception):
     """A problem with what the user asked for: printed as one line, exit status 2."""
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least `minimum` (argparse names the option in its error)."""
+
+    def parse(text: str) -> int:
+        if not re.fullmatch(r"[+-]?[0-9]+", text.strip()) or int(text) < minimum:
+            raise argparse.ArgumentTypeError(f"expected a whole number of at least {minimum}, got {text!r}")
+        return int(text)
+
+    return parse
+
+
+non_negative_int = int_at_least(0)
+positive_int = int_at_least(1)
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a number above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
+    return value
+
+
+def package_version() -> str:
+    """The installed codefill's version, from the package metadata ("unknown (not installed)" without it)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("codefill")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _is_number(text: str) -> bool:
+    return re.fullmatch(r"[0-9]+", text) is not None  # str.isdigit() also takes "²", which int() refuses
 
 
 def parse_location(spec: str) -> tuple[Path, int, int]:
     """FILE:LINE:COL (1-based) -> (path, line, col)."""
     parts = spec.rsplit(":", 2)
-    if len(parts) != 3 or not parts[1].isdigit() or not parts[2].isdigit():
+    if len(parts) != 3 or not _is_number(parts[1]) or not _is_number(parts[2]):
         raise UsageError(f"{spec}: expected FILE:LINE:COL with 1-based line and column")
+    if not parts[0]:
+        raise UsageError(f"{spec}: no file name")
     line, col = int(parts[1]), int(parts[2])
     if line < 1 or col < 1:
         raise UsageError(f"{spec}: line and column start at 1")
@@ -32,23 +88,33 @@ def parse_location(spec: str) -> tuple[Path, int, int]:
 def parse_line_col(spec: str) -> tuple[int, int]:
     """LINE:COL (1-based)."""
     parts = spec.split(":")
-    if len(parts) != 2 or not all(p.isdigit() for p in parts) or min(int(p) for p in parts) < 1:
+    if len(parts) != 2 or not all(_is_number(p) for p in parts) or min(int(p) for p in parts) < 1:
         raise UsageError(f"--to {spec}: expected LINE:COL, 1-based")
     return int(parts[0]), int(parts[1])
 
 
 def offset_of(text: str, line: int, col: int, what: str) -> int:
-    """Character offset of a 1-based line and column (column counted in characters)."""
-    lines = text.split("\n")
-    if line > len(lines):
-        raise UsageError(f"{what}: line {line} is past the end of the file ({len(lines)} lines)")
-    if col > len(lines[line - 1]) + 1:
-        raise UsageError(f"{what}: column {col} is past the end of line {line} ({len(lines[line - 1])} characters)")
-    return sum(len(s) + 1 for s in lines[: line - 1]) + col - 1
+    """Character offset of a 1-based line and column (column counted in characters).
+
+    Lines end at \\n, \\r\\n or \\r (as in LSP, lsp_server.positions); a line break is not a column. A file of N
+    lines that ends with a line break also has position N+1:1, its end.
+    """
+    starts = line_starts(text)
+    if line > len(starts):
+        ended = not text or text.endswith(("\n", "\r"))  # the last start is the end of the file, not a line
+        lines = len(starts) - 1 if ended else len(starts)
+        raise UsageError(f"{what}: line {line} is past the end of the file ({_plural(lines, 'line')})")
+    start = starts[line - 1]
+    end = starts[line] if line < len(starts) else len(text)
+    width = len(text[start:end].rstrip("\r\n"))
+    if col > width + 1:
+        raise UsageError(f"{what}: column {col} is past the end of line {line} ({_plural(width, 'character')})")
+    return start + col - 1
 
 
 def read_source(path: Path) -> str:
-    """A source file as text; UsageError when it is missing or not UTF-8."""
+    """A source file as text; UsageError when it is missing or not UTF-8. A UTF-8 byte-order mark is dropped: it is
+    not part of the code (nor a column of line 1), and offsets count from the character after it."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -57,10 +123,11 @@ def read_source(path: Path) -> str:
         raise UsageError(f"{path}: is a directory") from None
     except OSError as exc:
         raise UsageError(f"{path}: cannot read ({exc.strerror})") from None
+    skip = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0  # "utf-8-sig", with file byte offsets
     try:
-        return data.decode("utf-8")
+        return data[skip:].decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise UsageError(f"{path}: not UTF-8 text (byte {exc.start})") from None
+        raise UsageError(f"{path}: not UTF-8 text (byte {skip + exc.start})") from None
 
 
 def cmd_fill(args: argparse.Namespace) -> int:
@@ -83,13 +150,14 @@ def cmd_fill(args: argparse.Namespace) -> int:
     settings = {"steps": args.steps} if args.steps else {}
     engine = Engine.from_pretrained(args.model, device=args.device, dtype=args.dtype, **settings)
     spec = spec_for(language)
-    note = language_note(args.model, spec.name) if spec is not None else None
+    note = language_note(args.model, spec.name, how_to_switch="--model DIR") if spec is not None else None
     if note:
         print(f"codefill: note: {note}", file=sys.stderr)
     result = complete_at(engine, text, start, language, selection_end=end, max_tokens=args.max_tokens)
-    if args.json:
+    if args.json:  # the JSON either way; the exit status says whether there is a fill, as without --json
         print(json.dumps(result.to_json(), indent=1))
-    elif result:
+        return 0 if result else 1
+    if result:
         sys.stdout.write(result.insert_text)
         if not result.insert_text.endswith("\n"):
             sys.stdout.write("\n")
@@ -111,6 +179,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UsageError(f"--init-from {args.init_from}: not a model directory (no config.json)")
     if args.save_dtype and args.save_dtype not in ("float32", "bfloat16", "float16"):
         raise UsageError("--save-dtype must be float32, bfloat16 or float16")
+    for option, value in (("--run", args.run), ("--data", args.data), ("--export", args.export)):
+        if value and Path(value).exists() and not Path(value).is_dir():
+            raise UsageError(f"{option} {value}: not a directory")
     data = Path(args.data)
     if not data_ready(data) or args.source or args.wheels:  # packed data (training/device_data.py) is ready as is
         from training.pipeline import prepare_data
@@ -136,19 +207,22 @@ def cmd_train(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser with every subcommand."""
     p = argparse.ArgumentParser(prog="codefill", description="Code infill with a masked-diffusion model.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     f = sub.add_parser("fill", help="print the fill for the hole at FILE:LINE:COL (1-based)")
     f.add_argument("location", metavar="FILE:LINE:COL")
     f.add_argument("--to", metavar="LINE:COL", help="fill the range from FILE:LINE:COL up to here instead")
-    f.add_argument("--max-tokens", type=int, default=None, help="token budget (default: from the hole's kind)")
-    f.add_argument("--steps", type=int, default=0, help="denoising steps (default: from the span length)")
+    f.add_argument("--max-tokens", type=positive_int, default=None,
+                   help="token budget (default: from the hole's kind)")
+    f.add_argument("--steps", type=non_negative_int, default=0,
+                   help="denoising steps (default 0: from the span length)")
     f.add_argument("--model", default=None, help="model directory (default: the built-in model)")
-    f.add_argument("--device", default="auto")
-    f.add_argument("--dtype", default="auto",
-                   help="auto (int8 weights on the CPU, bfloat16 on a GPU), float32, bfloat16 or int8")
+    f.add_argument("--device", default="auto", help=DEVICE_HELP)
+    f.add_argument("--dtype", default="auto", help=DTYPE_HELP)
     f.add_argument("--language", default=None, help="language id (default: from the file extension)")
-    f.add_argument("--json", action="store_true", help="print the fill, its range and timings as JSON")
+    f.add_argument("--json", action="store_true",
+                   help="print the fill, its range (character offsets) and timings as JSON; exit 1 when no fill")
     f.set_defaults(func=cmd_fill)
 
     t = sub.add_parser("train", help="train or resume a model")
@@ -200,15 +274,21 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "delegate", None):
             import importlib
 
-            return int(importlib.import_module(args.delegate).main(rest) or 0)
-        if rest:
+            status = int(importlib.import_module(args.delegate).main(rest) or 0)
+        elif rest:
             parser.error(f"unrecognized arguments: {' '.join(rest)}")
-        return int(args.func(args) or 0)
+        else:
+            status = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return status
     except UsageError as exc:
         print(f"codefill: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # the reader left (`codefill fill ... | head -1`): stop quietly, as a shell tool would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return 141  # 128 + SIGPIPE
     except Exception as exc:  # engine errors and the like: one line, no traceback
         from engine.errors import EngineError
 

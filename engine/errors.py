@@ -11,3 +11,7 @@ class CheckpointError(EngineError):
 
 class FillCancelled(EngineError):
     """A fill was cancelled before it finished."""
+
+
+class DeviceError(EngineError):
+    """The device asked for is not one the engine knows, or is not present on this machine."""

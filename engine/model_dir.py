@@ -24,6 +24,9 @@ def resolve_model_path(name: str | Path | None) -> Path:
     builtin = MODELS_DIR / str(name)
     if builtin.is_dir():
         return builtin
+    if path.exists():
+        raise CheckpointError(f"{name}: not a directory (a model directory holds config.json, the weights and "
+                              "tokenizer.json)")
     known = sorted(p.name for p in MODELS_DIR.iterdir() if p.is_dir()) if MODELS_DIR.is_dir() else []
     raise CheckpointError(f"{name}: no such model directory (built-in models: {', '.join(known) or 'none'})")
 
@@ -55,12 +58,14 @@ def trained_languages(name: str | Path | None) -> frozenset[str] | None:
     return frozenset(str(x).lower() for x in languages) if isinstance(languages, list) else None
 
 
-def language_note(name: str | Path | None, language: str) -> str | None:
+def language_note(name: str | Path | None, language: str,
+                  how_to_switch: str = "the modelPath setting, or --model") -> str | None:
     """A warning for filling `language` (a tree-sitter name such as "go") with a model whose engine.json names the
-    languages it was trained on and not this one; None when the model knows it or does not say."""
+    languages it was trained on and not this one; None when the model knows it or does not say. how_to_switch: how
+    the caller's user picks another model (the language server's wording by default; `codefill fill`: --model)."""
     known = trained_languages(name)
     if known is None or language.lower() in known:
         return None
     model = Path(name).name if name is not None else BUILTIN_MODEL
     return (f"the model {model} was trained on {', '.join(sorted(known))} code only: its fills in {language} will "
-            "be poor (another model: the modelPath setting, or --model)")
+            f"be poor (another model: {how_to_switch})")

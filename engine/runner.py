@@ -5,6 +5,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -14,6 +15,7 @@ import torch
 from torch import Tensor
 
 from engine import quantize
+from engine.errors import DeviceError
 from engine.graphs import GraphCache, GraphUnavailable
 from engine.model import DiffusionLM, KVCache
 from engine.sampler import SamplerConfig, SampleResult, denoise
@@ -28,10 +30,25 @@ log = logging.getLogger(__name__)
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """'auto' -> CUDA when present, else the CPU."""
+    """'auto' -> CUDA when present, else the CPU; 'cpu', 'cuda', 'cuda:N' or 'mps' as asked, when present.
+
+    Raises DeviceError for any other name and for a device this machine lacks, before anything is loaded there.
+    """
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    if not re.fullmatch(r"cpu|mps|cuda(:[0-9]+)?", name):
+        raise DeviceError(f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps")
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if not count:
+            raise DeviceError(f"device {name}: no CUDA device is available")
+        if device.index is not None and device.index >= count:
+            have = "cuda:0" if count == 1 else f"cuda:0 to cuda:{count - 1}"
+            raise DeviceError(f"device {name}: no such CUDA device (this machine has {have})")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise DeviceError(f"device {name}: no MPS (Apple GPU) device is available")
+    return device
 
 
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
@@ -42,7 +59,7 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     if name == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if name not in table:
-        raise ValueError(f"unknown dtype {name!r}: use auto, float32, bfloat16 or int8")
+        raise ValueError(f"unknown dtype {name!r}: use auto, float32, bfloat16, float16 or int8")
     return table[name]
 
 

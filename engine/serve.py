@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from engine.cli import non_negative_int, positive_int
 from engine.hosting import EngineHost, is_out_of_memory
 from engine.wire import (
     AUTO_IDLE_EXIT_MINUTES,
@@ -571,8 +572,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-remote", action="store_true", help="allow --tcp on a non-loopback address")
     p.add_argument("--model", default=None, help="model directory (default: the built-in model)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--steps", type=int, default=0, help="denoising steps per fill (0: the engine's default)")
-    p.add_argument("--max-batch", type=int, default=8, help="fills that may share one batch")
+    p.add_argument("--steps", type=non_negative_int, default=0,
+                   help="denoising steps per fill (0: the engine's default)")
+    p.add_argument("--max-batch", type=positive_int, default=8, help="fills that may share one batch")
     p.add_argument("--idle-exit-minutes", type=float, default=0.0,
                    help=f"exit after this long with no clients (0: never; editors that start the engine "
                         f"ask for {AUTO_IDLE_EXIT_MINUTES:g})")
@@ -617,7 +619,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             path = args.unix or str(default_socket_path(args.model, args.device, args.steps, args.engine_factory))
             address, token = Address("unix", path=path), None
-        host = EngineHost(args.model, args.device, max(args.steps, 0), args.engine_factory, max(args.max_batch, 1))
+        host = EngineHost(args.model, args.device, args.steps, args.engine_factory, args.max_batch)
         server = EngineServer(host, address, token, idle_exit_s=max(args.idle_exit_minutes, 0) * 60,
                               allow_remote=args.allow_remote)
         address = server.bind()

@@ -317,6 +317,18 @@ def test_integer_weights_are_refused(saved: tuple[Path, DiffusionLM]) -> None:
     expect_error(out, str(out / "model.safetensors"), "'norm.weight'", "I8", "quantized")
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused(saved: tuple[Path, DiffusionLM], bad: float) -> None:
+    """Garbled bytes read as NaN or infinity: refused at load, naming the file and the tensor."""
+    out, _ = saved
+
+    def garble(tensors: dict[str, torch.Tensor]) -> None:
+        tensors["layers.1.mlp.up_proj.weight"][3, 5] = bad
+
+    rewrite_weights(out, garble)
+    expect_error(out, str(out / "model.safetensors"), "'layers.1.mlp.up_proj.weight'", "NaN or infinite values")
+
+
 def test_shard_index_pointing_at_a_missing_shard(saved: tuple[Path, DiffusionLM], tmp_path: Path) -> None:
     out, _ = saved
     sharded = shard(out, tmp_path / "sharded")

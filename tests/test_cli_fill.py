@@ -5,13 +5,17 @@ Each case starts the real command line in a child process (python -m engine.cli)
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from engine import cli
+from engine.cli import UsageError, offset_of, parse_location, read_source
 from engine.model_dir import BUILTIN_MODEL, MODELS_DIR
 from lsp_server import languages
 
@@ -47,7 +51,7 @@ def test_readme_first_command_fills_the_example():
 @pytest.mark.parametrize(
     "make, location, message",
     [
-        (lambda d: (d / "a.py").write_text("x = 1\n"), "a.py:9:1", "line 9 is past the end of the file (2 lines)"),
+        (lambda d: (d / "a.py").write_text("x = 1\n"), "a.py:9:1", "line 9 is past the end of the file (1 line)"),
         (lambda d: (d / "a.py").write_text("x = 1\n"), "a.py:1:40", "column 40 is past the end of line 1"),
         (lambda d: None, "missing.py:1:1", "missing.py: no such file"),
         (lambda d: (d / "b.py").write_bytes(b"x = '\xff\xfe'\n"), "b.py:1:1", "b.py: not UTF-8 text (byte 5)"),
@@ -73,6 +77,120 @@ def test_a_language_the_model_does_not_know_gets_a_note(tmp_path):
     run = codefill("fill", str(tmp_path / "main.go") + ":4:9")
     assert run.returncode in (0, 1), run.stderr  # a fill, or none that keeps the file parsing: both are answers
     assert "note: the model codefill-base was trained on python code only" in run.stderr
+    assert "(another model: --model DIR)" in run.stderr and "modelPath" not in run.stderr  # the server's wording
     assert "Traceback" not in run.stderr
     py = codefill("fill", "examples/inventory.py:8:1")
     assert "note:" not in py.stderr
+
+
+def test_the_reader_leaving_early_is_not_an_error():
+    """`codefill fill ... | head -1`: a closed stdout ends the command quietly (status 141, as SIGPIPE would)."""
+    if not (MODELS_DIR / BUILTIN_MODEL / "config.json").exists():
+        pytest.skip("no built-in model")
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "fill", "examples/inventory.py:8:1", "--json"],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 141
+    assert err == ""
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Positions, line breaks and the byte-order mark (no model)
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r\n", "\r"])
+def test_lines_break_at_every_newline(newline):
+    """\\n, \\r\\n and \\r end lines alike (as in LSP); a line break is never a column."""
+    text = newline.join(["ab", "", "cde", ""])  # three lines and a final line break
+    assert offset_of(text, 1, 3, "w") == 2
+    assert offset_of(text, 2, 1, "w") == 2 + len(newline)
+    assert offset_of(text, 3, 4, "w") == text.index("cde") + 3
+    assert offset_of(text, 4, 1, "w") == len(text)  # the end, after the final line break
+    with pytest.raises(UsageError, match="column 2 is past the end of line 2 \\(0 characters\\)"):
+        offset_of(text, 2, 2, "w")
+    with pytest.raises(UsageError, match="column 5 is past the end of line 3 \\(3 characters\\)"):
+        offset_of(text, 3, 5, "w")
+    with pytest.raises(UsageError, match="line 5 is past the end of the file \\(3 lines\\)"):
+        offset_of(text, 5, 1, "w")
+
+
+def test_line_and_character_counts_read_right():
+    with pytest.raises(UsageError, match="\\(1 line\\)"):
+        offset_of("x\n", 3, 1, "w")
+    with pytest.raises(UsageError, match="\\(2 lines\\)"):
+        offset_of("x\ny", 3, 1, "w")
+    with pytest.raises(UsageError, match="\\(0 lines\\)"):
+        offset_of("", 2, 1, "w")
+    with pytest.raises(UsageError, match="\\(1 character\\)"):
+        offset_of("x\n", 1, 3, "w")
+
+
+def test_a_byte_order_mark_is_not_text(tmp_path):
+    """A UTF-8 BOM is dropped: not a column of line 1, not in what the model reads; byte offsets stay the file's."""
+    (tmp_path / "bom.py").write_bytes(b"\xef\xbb\xbfx = 1\n")
+    assert read_source(tmp_path / "bom.py") == "x = 1\n"
+    (tmp_path / "bad.py").write_bytes(b"\xef\xbb\xbfx = '\xff'\n")
+    with pytest.raises(UsageError, match="byte 8"):
+        read_source(tmp_path / "bad.py")
+
+
+@pytest.mark.parametrize("spec, message", [("a.py:\u00b2:1", "expected FILE:LINE:COL"), (":1:1", "no file name")])
+def test_bad_locations(spec, message):
+    with pytest.raises(UsageError, match=message):
+        parse_location(spec)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# The command in this process, with a scripted engine
+
+
+class _ScriptedEngine:
+    """Answers every hole with `text` and records what it was asked."""
+
+    def __init__(self, text: str) -> None:
+        self.text, self.asked = text, []  # type: ignore[var-annotated]
+
+    def fill(self, prefix, suffix, max_tokens, single_line=False, **_):  # type: ignore[no-untyped-def]
+        self.asked.append((prefix, suffix))
+        return SimpleNamespace(text=self.text)
+
+
+@pytest.fixture()
+def scripted(monkeypatch):  # type: ignore[no-untyped-def]
+    """Run `codefill fill` in this process with an engine that answers `text`: (exit status, stdout, stderr, engine)."""
+    from engine.api import Engine
+
+    def run(capsys, text: str, *args: str):  # type: ignore[no-untyped-def]
+        engine = _ScriptedEngine(text)
+        monkeypatch.setattr(Engine, "from_pretrained", classmethod(lambda cls, *a, **k: engine))
+        status = cli.main(["fill", *args])
+        out, err = capsys.readouterr()
+        return status, out, err, engine
+
+    return run
+
+
+def test_json_exits_1_without_a_fill(tmp_path, scripted, capsys):
+    """--json prints the JSON either way; as without it, there being no fill is exit status 1."""
+    (tmp_path / "a.py").write_text("x = \n")
+    status, out, _, _ = scripted(capsys, "", f"{tmp_path / 'a.py'}:1:5", "--json")
+    assert status == 1 and json.loads(out)["insert_text"] == ""
+    status, out, _, _ = scripted(capsys, "1", f"{tmp_path / 'a.py'}:1:5", "--json")
+    assert status == 0 and json.loads(out)["insert_text"] == "1"
+
+
+def test_crlf_and_bom_offsets_in_json(tmp_path, scripted, capsys):
+    """On an empty CRLF line the range is empty and starts at the line; --json offsets count from after a BOM."""
+    (tmp_path / "crlf.py").write_bytes(b"def f():\r\n    a = 1\r\n\r\n    return a\r\n")
+    _, out, _, _ = scripted(capsys, "", f"{tmp_path / 'crlf.py'}:3:1", "--json")
+    data = json.loads(out)
+    assert data["start"] == data["end"] == len("def f():\r\n    a = 1\r\n")
+    status, _, err, _ = scripted(capsys, "", f"{tmp_path / 'crlf.py'}:3:2", "--json")
+    assert status == 2 and "column 2 is past the end of line 3 (0 characters)" in err
+    (tmp_path / "bom.py").write_bytes(b"\xef\xbb\xbfx = \n")
+    _, out, _, engine = scripted(capsys, "1", f"{tmp_path / 'bom.py'}:1:5", "--json")
+    data = json.loads(out)
+    assert data["start"] == 4 and data["insert_text"] == "1"
+    assert engine.asked and not any("\ufeff" in prefix for prefix, _ in engine.asked)

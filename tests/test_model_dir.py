@@ -45,3 +45,18 @@ def test_decoding_settings_beside_languages_still_load(tmp_path: Path) -> None:
     (tmp_path / "engine.json").write_text(json.dumps({"colour": "blue"}))
     with pytest.raises(CheckpointError, match="decoding settings"):
         _model_defaults(tmp_path, {"order", "steps"})
+
+
+def test_a_file_is_not_a_model_directory(tmp_path: Path) -> None:
+    (tmp_path / "a.py").write_text("x = 1\n")
+    with pytest.raises(CheckpointError, match="a.py: not a directory"):
+        resolve_model_path(tmp_path / "a.py")
+    with pytest.raises(CheckpointError, match="no such model directory"):
+        resolve_model_path(tmp_path / "missing")
+
+
+def test_the_note_says_how_to_pick_another_model(tmp_path: Path) -> None:
+    """The language server's wording by default; the command line passes its own."""
+    (tmp_path / "engine.json").write_text(json.dumps({"languages": ["python"]}))
+    assert "(another model: the modelPath setting, or --model)" in str(language_note(tmp_path, "go"))
+    assert str(language_note(tmp_path, "go", how_to_switch="--model DIR")).endswith("(another model: --model DIR)")

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from engine.cli import DEVICE_HELP, DTYPE_HELP, int_at_least, non_negative_int, positive_float, positive_int
 from engine.evaluation.datasets import (
     DEFAULT_TASK_SETS,
     HUMANEVAL_DIR,
@@ -203,11 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
         "pass@1 (greedy) and exact match on HumanEval-Infilling and SAFIM (Python). Budgets come from the kind "
         "of each task set, never from the reference."))
     p.add_argument("--model", default=None, help="model directory (default: the built-in model)")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto",
-                   help="auto (int8 weights on the CPU, bfloat16 on a GPU), float32, bfloat16 or int8")
-    p.add_argument("--steps", type=int, default=0, help="denoising steps (default 0: the engine's, from the span)")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's)")
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
+    p.add_argument("--dtype", default="auto", help=DTYPE_HELP)
+    p.add_argument("--steps", type=non_negative_int, default=0,
+                   help="denoising steps (default 0: the engine's, from the span)")
+    p.add_argument("--threads", type=non_negative_int, default=0, help="torch CPU threads (default: torch's)")
     p.add_argument("--no-cuda-graphs", action="store_true", help="on a GPU, run each step eagerly (no captured graphs)")
     p.add_argument("--benchmarks", default=None,
                    help="directory holding human-eval-infilling/ and safim/ (default: the nearest shared/benchmarks "
@@ -215,16 +216,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tasks", default=",".join(DEFAULT_TASK_SETS),
                    help=f"comma-separated task sets from: {', '.join(TASK_SETS)} (default: %(default)s)")
     sel = p.add_mutually_exclusive_group()
-    sel.add_argument("--limit", type=int, default=0, help="the first N tasks of each set, in file order")
-    sel.add_argument("--sample", type=int, default=0, help="a seeded random sample of N tasks of each set")
+    sel.add_argument("--limit", type=positive_int, default=0,
+                     help="the first N tasks of each set, in file order (default: every task)")
+    sel.add_argument("--sample", type=positive_int, default=0,
+                     help="a seeded random sample of N tasks of each set (default: every task)")
     p.add_argument("--seed", type=int, default=0, help="seed of --sample (default 0)")
     p.add_argument("--budget", action="append", default=[], metavar="SET=TOKENS[:line|:multi]",
                    help=f"override a set's token budget and mode (defaults: {defaults})")
-    p.add_argument("--batch-size", type=int, default=1,
+    p.add_argument("--batch-size", type=positive_int, default=1,
                    help="holes per engine call (default 1: the latency column is then per fill)")
-    p.add_argument("--workers", type=int, default=2, help="child processes checking fills at once (default 2)")
-    p.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="seconds per child program")
-    p.add_argument("--memory-mb", type=int, default=DEFAULT_MEMORY_MB, help="address-space limit per child")
+    p.add_argument("--workers", type=positive_int, default=2,
+                   help="child processes checking fills at once (default 2)")
+    p.add_argument("--timeout", type=positive_float, default=DEFAULT_TIMEOUT, help="seconds per child program")
+    p.add_argument("--memory-mb", type=int_at_least(64), default=DEFAULT_MEMORY_MB,
+                   help="address-space limit per child (at least 64)")
     p.add_argument("--empty-baseline", action="store_true",
                    help="also check the empty fill for every task (what predicting nothing would score)")
     p.add_argument("--out", default=None, help="per-task results as JSON lines")
@@ -327,10 +332,6 @@ def main(argv: list[str] | None = None) -> int:
         if bench is None or not bench.is_dir():
             raise DatasetError(f"benchmarks directory not found ({args.benchmarks or 'no shared/benchmarks above'}"
                                "); pass --benchmarks DIR")
-        if min(args.limit, args.sample) < 0 or min(args.batch_size, args.workers) < 1 or args.timeout <= 0 \
-                or args.memory_mb < 64:
-            raise DatasetError("--limit and --sample must not be negative, --batch-size and --workers at least 1, "
-                               "--timeout positive, --memory-mb at least 64")
         if bench.name in (HUMANEVAL_DIR, SAFIM_DIR):  # pointed at one benchmark's folder: use its parent
             bench = bench.parent
         full = [load_task_set(s.name, bench) for s in specs]
