@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lsp_server import languages
-from lsp_server.holes import Hole, line_bounds, line_break, neighbour_line
+from lsp_server.holes import Hole, detect_indent_unit, line_bounds, line_break, neighbour_line
 from lsp_server.languages import LanguageSpec
 
 _CLOSE_OF = {"(": ")", "[": "]", "{": "}"}
@@ -49,9 +49,13 @@ def _line_before(hole: Hole, document: str) -> str:
     return head[head.rfind("\n") + 1 :]
 
 
-def _shape_lines(hole: Hole, fill: str) -> str:
-    """Keep a multi-line fill inside its block: stop at the first line indented less than the block."""
+def _shape_lines(hole: Hole, fill: str, unit: str) -> str:
+    """Keep a multi-line fill inside its block (stop at the first line indented less than the block) and indent its
+    later lines with the document's character: tabs in a tab-indented file (four spaces each), spaces otherwise (a
+    tab becomes one unit). A model that learnt from space-indented code writes spaces, which mixed with the file's
+    tabs is an error in Python and against the style of Go."""
     lines = fill.split("\n")
+    lines = lines[:1] + [_restyle_indent(ln, unit) for ln in lines[1:]]
     if hole.kind in ("block", "body"):
         width = len(hole.indent)
         for i in range(1, len(lines)):
@@ -59,6 +63,14 @@ def _shape_lines(hole: Hole, fill: str) -> str:
                 lines = lines[:i]  # the block ends here; what follows is code already after it
                 break
     return "\n".join(ln.rstrip() for ln in lines)
+
+
+def _restyle_indent(line: str, unit: str) -> str:
+    """A line's leading whitespace in the document's indentation character (see _shape_lines)."""
+    body = line.lstrip(" \t")
+    lead = line[: len(line) - len(body)]
+    lead = lead.replace("    ", "\t") if unit == "\t" else lead.replace("\t", unit)
+    return lead + body
 
 
 def _strip_repeated_closers(body: str, rest_of_line: str) -> str:
@@ -127,7 +139,7 @@ def clean_fill(hole: Hole, fill: str, document: str) -> str:
     elif hole.kind in ("block", "body"):
         fill = fill.lstrip("\n").lstrip(" \t")  # the first line's indentation is already there
     if not hole.single_line:
-        fill = _shape_lines(hole, fill)
+        fill = _shape_lines(hole, fill, detect_indent_unit(document))
     return dedupe_against_suffix(hole, fill, document)
 
 

@@ -112,6 +112,17 @@ def test_multi_line_fill_keeps_block_indentation() -> None:
     assert insert is not None and all(line.startswith("        ") for line in insert.split("\n")[1:])
 
 
+def test_a_fill_indented_with_spaces_gets_the_files_tabs() -> None:
+    """The model learnt from space-indented code; in a tab-indented file its later lines get tabs (mixed, Python
+    refuses them), and in a space-indented file a tab becomes the file's unit."""
+    _, after = _apply("python", "def f(a):\n\tif a:\n\t\t|\n", "x = 1\n        return x")
+    assert after == "def f(a):\n\tif a:\n\t\tx = 1\n\t\treturn x\n"
+    _, after = _apply("go", "func f() {\n\tfor {\n\t\t|\n\t}\n}\n", "x := 1\n\t\tif x > 0 {\n            break\n\t\t}")
+    assert after == "func f() {\n\tfor {\n\t\tx := 1\n\t\tif x > 0 {\n\t\t\tbreak\n\t\t}\n\t}\n}\n"
+    _, after = _apply("javascript", "function f() {\n  if (a) {\n    |\n  }\n}\n", "x = 1;\n\t\treturn x;")
+    assert after == "function f() {\n  if (a) {\n    x = 1;\n    return x;\n  }\n}\n"
+
+
 def test_unknown_language_skips_the_syntax_check_but_still_dedupes() -> None:
     _, after = _apply("lua", "x = f(|)\n", "a, b)")
     assert after == "x = f(a, b)\n"
