@@ -70,7 +70,7 @@ require("codefill").setup({{
   cmd = {cmd},
   cmd_env = {{ PYTHONPATH = {repo} }},
   root_markers = {{}},
-  settings = {{ debounceMs = 0, logFile = {log} }},
+  settings = {{ debounceMs = 0, logFile = {log}{settings} }},
   debounce_ms = 30,
 }})
 """
@@ -81,21 +81,27 @@ def _lua(value: Any) -> str:
         return "nil"
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, list):
         return "{" + ", ".join(_lua(v) for v in value) + "}"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"[{_lua(k)}] = {_lua(v)}" for k, v in value.items()) + "}"
     raise TypeError(value)
 
 
-def start_nvim(tmp: Path, **setup: Any):
-    """A headless nvim with the plugin set up against `python -m lsp_server` (setup: extra setup() options)."""
+def start_nvim(tmp: Path, settings: dict | None = None, **setup: Any):
+    """A headless nvim with the plugin set up against `python -m lsp_server` (setup: extra setup() options,
+    settings: more server settings)."""
     cmd = [sys.executable, "-m", "lsp_server"]
     cmd += (["--model", MODEL] if MODEL else []) if REAL_MODEL else ["--engine-factory", FAKE_ENGINE]
     init = tmp / "init.lua"
     extra = "".join(f"  {key} = {_lua(value)},\n" for key, value in setup.items())
+    more = "".join(f", {key} = {_lua(value)}" for key, value in (settings or {}).items())
     init.write_text(INIT.format(plugin=_lua(str(PLUGIN)), cmd=_lua(cmd), repo=_lua(str(REPO)),
-                                log=_lua(str(tmp / "server.log"))).replace("  debounce_ms = 30,\n",
+                                log=_lua(str(tmp / "server.log")), settings=more).replace("  debounce_ms = 30,\n",
                                                                             "  debounce_ms = 30,\n" + extra))
     for key, sub in (("XDG_STATE_HOME", "state"), ("XDG_DATA_HOME", "data"), ("XDG_CONFIG_HOME", "config")):
         os.environ[key] = str(tmp / sub)
@@ -404,3 +410,157 @@ def test_fill_selection_code_action(nvim) -> None:
         time.sleep(2)
         return
     wait_for("the edit", lambda: lines(nvim)[2] == "    return a // b")
+
+
+def messages(nvim) -> str:
+    return nvim.exec_lua("return vim.api.nvim_exec2('messages', { output = true }).output")
+
+
+def test_crlf_file_ghost_accept_and_completion(nvim) -> None:
+    """A CRLF file: the server writes the fill with \\r\\n (the document's own line breaks); the plugin shows and
+    inserts lines without \\r, and the file is saved with one \\r\\n per line."""
+    fill = "if a:\n        return b\n    return a"
+    path = nvim.tmp / "crlf.py"
+    path.write_bytes(f"# codefill-fake: {json.dumps(fill)}\r\ndef add(a, b):\r\n    \r\nx = 1\r\n".encode())
+    nvim.input("<Esc>")
+    nvim.command(f"edit {path}")
+    wait_for("the server to attach and load", lambda: cf(nvim, ".status()") == "ready", timeout=120 if REAL_MODEL else 30)
+    assert nvim.eval("&fileformat") == "dos"
+    nvim.input("3GA")
+    wait_for("insert mode", lambda: nvim.api.get_mode()["mode"] == "i")
+    before = state(nvim)["responses"]
+    nvim.input("<M-\\>")
+    g = wait_ghost(nvim, "ghost text", before)
+    item = state(nvim)["items"][0]
+    assert "\r" not in g["text"] and not any("\r" in line for line in g["lines"]), g
+    if not REAL_MODEL:
+        assert item["insertText"] == fill.replace("\n", "\r\n")  # the server's text, as sent
+        assert (g["text"], g["lines"]) == ("if a:", ["        return b", "    return a"])
+    nvim.input("<Tab>")
+    wait_for("accepted", lambda: state(nvim)["accepted"] >= 1)
+    assert not any("\r" in line for line in lines(nvim)), lines(nvim)
+    if not REAL_MODEL:
+        assert lines(nvim)[2:] == ["    if a:", "        return b", "    return a", "x = 1"]
+        assert tuple(nvim.current.window.cursor) == (5, len("    return a"))
+    nvim.input("<Esc>")
+    nvim.command("write")
+    data = path.read_bytes()
+    assert b"\r\r" not in data and data.count(b"\r\n") == data.count(b"\n"), data
+    if REAL_MODEL:
+        return
+    # the completion fallback: the same text as one complete-item word plus the lines after it
+    nvim.current.buffer[2:5] = ["    "]
+    nvim.input("3GA")
+    wait_for("insert mode", lambda: nvim.api.get_mode()["mode"] == "i")
+    nvim.input("<C-x><C-o>")
+    info = wait_for("the completion menu", lambda: (lambda i: i if i["items"] else None)(
+        nvim.exec_lua("return vim.fn.complete_info({ 'items' })")))
+    assert [i["word"] for i in info["items"]] == ["if a:"], info
+    wait_for("completion mode", lambda: nvim.api.get_mode()["mode"] == "ic")
+    nvim.input("<C-x><C-z>")
+    wait_for("the fill inserted", lambda: lines(nvim)[2:] == ["    if a:", "        return b", "    return a", "x = 1"],
+             timeout=5)
+    nvim.input("<Esc>")
+    nvim.command("write")
+    assert path.read_bytes().count(b"\r") == path.read_bytes().count(b"\n")
+
+
+def test_typed_range_is_not_an_old_selection(nvim) -> None:
+    """:3CodefillFill replaces line 3 even when the last visual selection ('< '>) was on line 3 too."""
+    text = '# codefill-fake: "    return a * b"\ndef f(a, b):\n    return a + b\n'
+    open_file(nvim, "typed.py", text)
+    nvim.input("<Esc>")
+    nvim.command("call cursor(3, 12)")
+    nvim.input("vl<Esc>")  # an old charwise selection, "a ", on line 3
+    wait_for("normal mode", lambda: nvim.api.get_mode()["mode"] == "n")
+    assert nvim.eval("[line(\"'<\"), line(\"'>\")]") == [3, 3]
+    nvim.input(":3CodefillFill<CR>")  # typed on the command line
+    result = wait_for("the fill", lambda: (state(nvim)["fill"] or {}).get("result"))
+    assert state(nvim)["fill"]["range"] == {"start": {"line": 2, "character": 0},
+                                           "end": {"line": 2, "character": len("    return a + b")}}
+    if REAL_MODEL:
+        return
+    assert result["applied"], result
+    wait_for("the edit", lambda: lines(nvim)[2] == "    return a * b")
+
+
+def test_unnamed_buffer_fill_says_why(nvim) -> None:
+    """In an unnamed buffer (:enew) the server is attached (ghost text works) but a fill's edit could not name the
+    buffer: :CodefillFill refuses at once, saying what to do, and sends nothing."""
+    nvim.input("<Esc>")
+    nvim.command("enew")
+    try:
+        nvim.current.buffer[:] = ['# codefill-fake: "return 1"', "def f():", "    pass"]
+        nvim.command("set filetype=python")
+        wait_for("the server to attach", lambda: cf(nvim, ".status()") == "ready")
+        before = state(nvim)["fill"]
+        nvim.command("messages clear")
+        nvim.command("3CodefillFill")
+        assert "no file name" in messages(nvim) and ":w" in messages(nvim), messages(nvim)
+        time.sleep(0.3)
+        assert state(nvim)["fill"] == before  # nothing was sent
+        assert lines(nvim)[2] == "    pass"
+        bufs = nvim.exec_lua("return vim.tbl_map(vim.api.nvim_buf_get_name, vim.api.nvim_list_bufs())")
+        assert "/" not in bufs, bufs
+    finally:
+        nvim.command("bwipeout!")
+
+
+def test_candidates_and_restart_keep_settings(tmp_path: Path) -> None:
+    """settings.candidates reaches the server; settings changed at runtime survive :CodefillRestart."""
+    session = start_nvim(tmp_path, settings={"candidates": 1}, keymaps={"fill": "<Space>cf"})
+    try:
+        text = '# codefill-fake: ["one", "two", "three"]\ndef f():\n    \n'
+        open_file(session, "cands.py", text)
+        assert session.exec_lua("return require('codefill').client().config.init_options.candidates") == 1
+        session.input("3GA")
+        wait_for("insert mode", lambda: session.api.get_mode()["mode"] == "i")
+        before = state(session)["responses"]
+        session.input("<M-\\>")  # Invoked: `candidates` fills
+        wait_for("an answer", lambda: state(session)["responses"] > before and not state(session)["pending"])
+        if not REAL_MODEL:
+            assert len(state(session)["items"]) == 1, state(session)["items"]
+        session.input("<Esc>")
+        old = session.exec_lua("return require('codefill').client().id")
+        session.command("CodefillDisable")
+        session.command("CodefillRestart")
+        wait_for("a new server", lambda: session.exec_lua(
+            "local c = require('codefill').client(); return c ~= nil and c.initialized and c.id ~= ...", old))
+        client = session.exec_lua("local c = require('codefill').client(); return { init = c.config.init_options, "
+                                  "settings = c.settings }")
+        assert client["init"]["enabled"] is False and client["init"]["candidates"] == 1, client
+        assert client["settings"]["codefill"]["enabled"] is False, client
+        assert cf(session, ".status()") == "off"
+        session.command("3CodefillFill")  # the new server was told: it answers with no fill
+        result = wait_for("the answer", lambda: (state(session)["fill"] or {}).get("result"))
+        assert result == {"applied": False, "reason": "no fill"}
+        session.command("CodefillEnable")
+        wait_for("ready", lambda: cf(session, ".status()") == "ready")
+        # keymaps.fill in visual mode: exactly the selection, not the lines
+        session.command("call cursor(2, 5)")
+        session.input("vl<Space>cf")  # "f(" on line 2
+        result = wait_for("the fill", lambda: (state(session)["fill"] or {}).get("result"))
+        assert state(session)["fill"]["range"] == {"start": {"line": 1, "character": 4},
+                                                   "end": {"line": 1, "character": 6}}
+    finally:
+        stop_nvim(session)
+
+
+def test_fill_applied_by_the_plugin_without_apply_edit(tmp_path: Path) -> None:
+    """A client that does not declare workspace/applyEdit gets the fill's text and range back; the plugin applies
+    them itself."""
+    session = start_nvim(tmp_path, lsp={"capabilities": {"workspace": {"applyEdit": False}}})
+    try:
+        open_file(session, "noapply.py", '# codefill-fake: "a * b"\ndef mul(a, b):\n    return a - b\n')
+        session.command("call cursor(3, 12)")
+        session.input("v4l")
+        wait_for("visual mode", lambda: session.api.get_mode()["mode"] == "v")
+        session.input(":CodefillFill<CR>")
+        result = wait_for("the fill", lambda: (state(session)["fill"] or {}).get("result"))
+        if REAL_MODEL:
+            return
+        assert result["applied"] is False and result["text"] == "a * b" and "range" in result, result
+        assert state(session)["fill"]["applied_here"] is True
+        assert lines(session)[2] == "    return a * b"
+    finally:
+        stop_nvim(session)

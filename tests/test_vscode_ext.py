@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,27 @@ def _e2e(*args: str, timeout: float = 90) -> dict:
     return result
 
 
+def test_build_is_current() -> None:
+    """out/ is compiled from today's src/, and codefill.vsix packs today's package.json and out/: the other tests run
+    that code, so a stale build would test old code. Rebuild with `bash editors/vscode/build.sh`."""
+    _built()
+    stale = []
+    for ts in sorted((EXT / "src").rglob("*.ts")):
+        js = EXT / "out" / ts.relative_to(EXT / "src").with_suffix(".js")
+        if not js.is_file() or js.stat().st_mtime < ts.stat().st_mtime:
+            stale.append(str(js.relative_to(EXT)))
+    assert not stale, f"older than their sources (run bash editors/vscode/build.sh): {stale}"
+    if not VSIX.is_file():
+        pytest.skip("no codefill.vsix (run: bash editors/vscode/build.sh)")
+    with zipfile.ZipFile(VSIX) as vsix:
+        packed = {name[len("extension/"):]: vsix.read(name) for name in vsix.namelist()
+                  if name == "extension/package.json" or (name.startswith("extension/out/") and name.endswith(".js"))}
+    local = {"package.json": (EXT / "package.json").read_bytes()}
+    local.update({f"out/{js.name}": js.read_bytes() for js in (EXT / "out").glob("*.js")})
+    differ = sorted(name for name in local.keys() | packed.keys() if local.get(name) != packed.get(name))
+    assert not differ, f"codefill.vsix differs from the tree in {differ} (run bash editors/vscode/build.sh)"
+
+
 def test_unit_tests() -> None:
     """npm test: settings conversion, server path resolution, status text (node's test runner, no VS Code)."""
     _node()
@@ -70,8 +92,9 @@ def test_extension_against_real_server() -> None:
     result = _e2e("--engine-factory", FAKE_ENGINE)
     assert result["checks"] == [
         "initialize", "status ready", "inline completion", "fill selection", "didChangeConfiguration",
-        "restart", "deactivate",
+        "candidates", "restart", "deactivate",
     ]
+    assert result["candidates"] == [2, 1]  # codefill.candidates reaches the server
     assert result["inline"][0]["insertText"] == "return a + b"
     assert result["fillSelection"]["result"] == {"applied": True, "text": "a * b + 0"}
 

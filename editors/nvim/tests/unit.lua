@@ -95,9 +95,45 @@ end)
 test("command_range: charwise visual selection, inclusive, multibyte last character", function()
   local buf = buffer({ "a = é + b" })
   vim.cmd("normal! 0fév2l\27") -- select "é +"
-  local s, e = cf.command_range({ range = 2, line1 = 1, line2 = 1 }, buf)
+  local s, e = cf.command_range({ range = 2, line1 = 1, line2 = 1, visual = true }, buf)
   eq(s, { 0, 4 })
   eq(e, { 0, 8 }, "past the '+'") -- é is 2 bytes: "a = " 4, é 4..5, " " 6, "+" 7
+end)
+
+test("command_range: a typed line range is not the old selection on the same line", function()
+  local buf = buffer({ "a = é + b", "c" })
+  vim.cmd("normal! 0fév2l\27") -- '< '> on line 1, as :1CodefillFill's line1/line2
+  local s, e = cf.command_range({ range = 1, line1 = 1, line2 = 1 }, buf) -- no '<,'> command line: lines
+  eq({ s, e }, { { 0, 0 }, { 0, #"a = é + b" } })
+  vim.cmd("normal! 1GVj\27") -- linewise selection, the command's own lines ignored when visual
+  s, e = cf.command_range({ range = 2, line1 = 2, line2 = 2, visual = true }, buf)
+  eq({ s, e }, { { 0, 0 }, { 1, 1 } })
+end)
+
+test("_visual_cmdline: only a '<,'> (or *) range is the selection", function()
+  eq(cf._visual_cmdline("'<,'>CodefillFill"), true)
+  eq(cf._visual_cmdline(" :'< , '>CodefillFill"), true)
+  eq(cf._visual_cmdline("*CodefillFill"), true)
+  eq(cf._visual_cmdline("3CodefillFill"), false)
+  eq(cf._visual_cmdline("1,3CodefillFill"), false)
+  eq(cf._visual_cmdline("'<CodefillFill"), false)
+  eq(cf._visual_cmdline("'a,'bCodefillFill"), false)
+end)
+
+test("_lines: CRLF and CR line breaks from the server become buffer lines", function()
+  eq(cf._lines("a\r\n    b\r\n"), { "a", "    b", "" })
+  eq(cf._lines("a\rb\nc"), { "a", "b", "c" })
+  eq(cf._lines("x"), { "x" })
+end)
+
+test("_layout and _convert_completion: no \\r from a CRLF document's fill", function()
+  local buf = buffer({ "if x:", "    " })
+  local l = cf._layout(buf, { insertText = "y = 1\r\n    z = 2\r\n" }, "utf-16", 1, 4)
+  eq(l.first, "y = 1")
+  eq(l.rest, { "    z = 2", "" })
+  eq(l.text, "y = 1\n    z = 2\n")
+  eq(cf._convert_completion({ detail = "codefill", textEdit = { newText = "return a\r\n    x" } }),
+    { word = "return a", menu = "codefill" })
 end)
 
 test("command_range: linewise and no range", function()
@@ -119,6 +155,44 @@ test("_convert_completion: the whole first line of a codefill item, other server
   eq(cf._convert_completion({ detail = "codefill", insertTextFormat = 2, insertText = "f($1)" }), {})
 end)
 
+test("setup warns once when the server command is not found", function()
+  local seen = {}
+  local notify = vim.notify
+  vim.notify = function(msg, level) table.insert(seen, { msg, level }) end
+  local ok, err = pcall(function()
+    cf.setup({ cmd = { "codefill-lsp-not-installed-here" } })
+    cf.setup({ cmd = { "codefill-lsp-not-installed-here" } })
+  end)
+  vim.notify = notify
+  assert(ok, err)
+  eq(#seen, 1, "one warning")
+  assert(seen[1][1]:find("codefill%-lsp%-not%-installed%-here") and seen[1][1]:find(":checkhealth codefill"), seen[1][1])
+  eq(seen[1][2], vim.log.levels.WARN)
+end)
+
+test(":'<,'>CodefillFill typed after a selection is the selection; :1CodefillFill is line 1", function()
+  vim.cmd("runtime plugin/codefill.lua")
+  cf.setup({ cmd = { "codefill-lsp" } })
+  local calls = {}
+  local fill_range = cf.fill_range
+  cf.fill_range = function(_, s, e) table.insert(calls, { s, e }) return true end
+  local ok, err = pcall(function()
+    buffer({ "a = é + b", "c" })
+    vim.api.nvim_feedkeys(vim.keycode("0fév2l:CodefillFill<CR>"), "xt", false) -- Neovim inserts '<,'>
+    vim.api.nvim_feedkeys(vim.keycode(":1CodefillFill<CR>"), "xt", false) -- same line as '< '>
+    vim.cmd("1CodefillFill") -- no command line at all
+    cf.fill_visual()
+  end)
+  cf.fill_range = fill_range
+  assert(ok, err)
+  eq(calls, {
+    { { 0, 4 }, { 0, 8 } },
+    { { 0, 0 }, { 0, #"a = é + b" } },
+    { { 0, 0 }, { 0, #"a = é + b" } },
+    { { 0, 4 }, { 0, 8 } },
+  })
+end)
+
 test("setup registers the server config with vim.lsp.config", function()
   cf.setup({ cmd = { "codefill-lsp", "-v" }, settings = { steps = 8, bogus = 1 } })
   local c = vim.lsp.config.codefill
@@ -132,6 +206,21 @@ test("setup registers the server config with vim.lsp.config", function()
   cf.disable()
   eq(cf.status(), "off")
   cf.enable()
+end)
+
+test("setup passes candidates; configure keeps vim.lsp.config current for servers started later", function()
+  cf.setup({ cmd = { "codefill-lsp" }, settings = { candidates = 1, steps = 8 } })
+  eq(vim.lsp.config.codefill.init_options, { candidates = 1, steps = 8 })
+  cf.disable()
+  local c = vim.lsp.config.codefill
+  eq(c.init_options, { candidates = 1, steps = 8, enabled = false })
+  eq(c.settings, { codefill = { candidates = 1, steps = 8, enabled = false } })
+  eq(c.cmd, { "codefill-lsp" }, "the rest of the config stays")
+  cf.configure({ languages = { "python" } })
+  cf.configure({ languages = { "go", "rust" } })
+  eq(vim.lsp.config.codefill.init_options.languages, { "go", "rust" }, "a list is replaced, not merged")
+  cf.enable()
+  eq(vim.lsp.config.codefill.settings.codefill.enabled, true)
 end)
 
 io.stdout:write(("%d tests, %d failed\n"):format(count, failures))

@@ -13,6 +13,7 @@ export interface ServerSettings {
   debounceMs: number;
   languages: string[] | null;
   logFile: string | null;
+  candidates: number;
 }
 
 /** The server's own defaults (lsp_server/options.py Settings). */
@@ -25,6 +26,7 @@ export const SERVER_DEFAULTS: Readonly<ServerSettings> = Object.freeze({
   debounceMs: 75,
   languages: null,
   logFile: null,
+  candidates: 3,
 });
 
 /** Settings that change how the server process is started, not what it is sent: a change restarts it. */
@@ -77,6 +79,7 @@ export function toServerSettings(get: Getter, home?: string): ServerSettings {
     debounceMs: int(get("debounceMs"), 0, 5000, d.debounceMs),
     languages,
     logFile: optionalPath(get("logFile"), home),
+    candidates: int(get("candidates"), 1, 10, d.candidates),
   };
 }
 

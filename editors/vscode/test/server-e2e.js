@@ -236,6 +236,20 @@ async function main() {
   await sleep(100);
   check("didChangeConfiguration");
 
+  // 5b. codefill.candidates: how many fills a manual trigger offers (the fake writes one list entry per call)
+  const doc3 = harness.openDocument(path.join(tmp, "cands.py"), "python", '# codefill-fake: ["one", "two", "three"]\ndef f():\n    \n');
+  const counts = [];
+  for (const n of [2, 1]) {
+    await harness.setConfig("codefill.candidates", n);
+    await sleep(100);
+    // vscode.InlineCompletionTriggerKind.Invoke is 0 (1 is Automatic: one fill)
+    const r = await entry.provider.provideInlineCompletionItems(doc3, new vscode.Position(2, 4), { triggerKind: 0 }, cts.token);
+    counts.push(r ? (Array.isArray(r) ? r : r.items).length : 0);
+  }
+  results.candidates = counts;
+  if (!opts.realModel) assert.deepEqual(counts, [2, 1], `items per manual trigger with candidates 2, then 1: ${counts}`);
+  check("candidates", counts);
+
   // 6. Restart Server: a new process; 7. deactivate stops it
   const before = serverPids(marker);
   await vscode.commands.executeCommand("codefill.restartServer");

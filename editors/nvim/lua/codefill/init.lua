@@ -12,7 +12,8 @@ M.PROGRESS_TOKEN = "codefill/load-model"
 local TRIGGER_INVOKED, TRIGGER_AUTOMATIC = 1, 2 -- lsp.InlineCompletionTriggerKind
 
 --- The settings the server reads (lsp_server/options.py), sent as initializationOptions and on change.
-M.SERVER_KEYS = { "enabled", "modelPath", "device", "steps", "maxTokens", "debounceMs", "languages", "logFile" }
+M.SERVER_KEYS = { "enabled", "modelPath", "device", "steps", "maxTokens", "debounceMs", "languages", "logFile",
+  "candidates" }
 
 M.defaults = {
   cmd = { "codefill-lsp" }, -- the server command; found on PATH
@@ -26,7 +27,9 @@ M.defaults = {
   -- The position encoding to ask for first: UTF-16, the one every LSP server supports (early codefill-lsp builds
   -- counted UTF-16 whatever they negotiated); false: Neovim's own order (utf-8 first).
   position_encoding = "utf-16",
-  -- Ghost text
+  -- Ghost text. On the native path (vim.lsp.inline_completion, 0.12+) Neovim decides when to ask and how to draw:
+  -- auto_trigger, debounce_ms, ghost_text_pos, hl_group, keymaps.trigger and keymaps.dismiss apply to the plugin's
+  -- own ghost text only (0.11, or inline = "plugin").
   inline = "auto", -- "auto": vim.lsp.inline_completion on 0.12+, the plugin's own on 0.11; "native"; "plugin"; false
   auto_trigger = true, -- request fills while typing (TextChangedI, CursorHoldI); false: only with keymaps.trigger
   debounce_ms = 100, -- wait after the last keystroke before asking (the server waits debounceMs more)
@@ -52,6 +55,11 @@ local group -- augroup
 local buffers = {} ---@type table<integer, table> per-buffer ghost state
 local server_state = {} ---@type table<integer, {phase: string, message?: string}> per client id
 local last = { latency_ms = nil, fill = nil } -- for statusline and tests
+local configured = false -- setup() has registered the server with vim.lsp.config
+local warned_missing = false -- the "server not found" warning is given once
+-- Whether the ":" command line being executed gave its range as '<,'> (set on CmdlineLeave, cleared right after)
+local cmdline_visual = nil ---@type boolean?
+local cmdline_seq = 0
 
 local function has(version)
   return vim.fn.has("nvim-" .. version) == 1
@@ -89,6 +97,19 @@ local function server_settings()
     end
   end
   return out
+end
+
+-- Text ------------------------------------------------------------------------------------------------------------
+
+--- The server writes a fill with the document's own line breaks (\r\n in a CRLF file, \r in a CR one); buffer lines
+--- hold none. Every place that turns the server's text into buffer text goes through here.
+local function eol(text)
+  return (text:gsub("\r\n?", "\n"))
+end
+
+--- The server's text as buffer lines.
+function M._lines(text)
+  return vim.split(eol(text), "\n", { plain = true })
 end
 
 -- Positions ---------------------------------------------------------------------------------------------------
@@ -175,9 +196,9 @@ end
 local function item_text(item)
   local t = item.insertText
   if type(t) == "table" then
-    return t.value or "", true
+    return eol(t.value or ""), true
   end
-  return t or "", false
+  return eol(t or ""), false
 end
 
 --- Lay out an item relative to the cursor: what to draw where, and what accepting it replaces (byte columns).
@@ -202,7 +223,7 @@ function M._layout(bufnr, item, encoding, row, col)
     return nil
   end
   local ghost = text:sub(#typed + 1)
-  local lines = vim.split(ghost, "\n", { plain = true })
+  local lines = M._lines(ghost)
   local replaced = er == row and line:sub(col + 1, ec) or line:sub(col + 1)
   local first = lines[1]
   -- An item that ends by re-typing what it replaces after the cursor (an auto-closed bracket) draws only the
@@ -378,7 +399,7 @@ function M.accept(bufnr)
     api.nvim_win_set_cursor(0, { sr + 1, sc })
     vim.snippet.expand(item_text(item))
   else
-    local lines = vim.split(shown.text, "\n", { plain = true })
+    local lines = M._lines(shown.text)
     api.nvim_buf_set_text(bufnr, sr, sc, er, ec, lines)
     local row = sr + #lines - 1
     local col = (#lines == 1 and sc or 0) + #lines[#lines]
@@ -421,6 +442,12 @@ function M.fill_range(bufnr, start, finish, on_done)
     notify("no codefill server is attached to this buffer", vim.log.levels.WARN)
     return false
   end
+  if api.nvim_buf_get_name(bufnr) == "" then
+    -- Its URI would be "file://", the same for every unnamed buffer: the server's edit could not find it.
+    notify("this buffer has no file name: save it (:w {file}) to fill a selection (ghost text works without)",
+      vim.log.levels.WARN)
+    return false
+  end
   local enc = client.offset_encoding
   local range = {
     start = M.lsp_position(bufnr, start[1], start[2], enc),
@@ -429,10 +456,19 @@ function M.fill_range(bufnr, start, finish, on_done)
   local uri = vim.uri_from_bufnr(bufnr)
   last.fill = { pending = true, range = range }
   local started = uv.hrtime()
+  local tick = api.nvim_buf_get_changedtick(bufnr)
   client:exec_cmd({ title = "Fill selection", command = M.FILL_COMMAND, arguments = { uri, range } }, { bufnr = bufnr },
     function(err, result)
       last.fill = { err = err and (err.message or tostring(err)) or nil, result = result, range = range }
-      if err then
+      local here = type(result) == "table" and not result.applied and type(result.text) == "string"
+        and type(result.range) == "table"
+      if here and api.nvim_buf_is_valid(bufnr) and api.nvim_buf_get_changedtick(bufnr) == tick then
+        -- The server did not edit (it does when the client declares workspace/applyEdit, which setup() does unless
+        -- `lsp.capabilities` says otherwise) but sent the text and range: apply them here.
+        vim.lsp.util.apply_text_edits({ { range = result.range, newText = result.text } }, bufnr, enc)
+        last.fill.applied_here = true
+        last.latency_ms = (uv.hrtime() - started) / 1e6
+      elseif err then
         notify("the fill failed: " .. (err.message or tostring(err)), vim.log.levels.ERROR)
       elseif type(result) ~= "table" then
         notify("no fill (is the model still loading? :checkhealth codefill)", vim.log.levels.WARN)
@@ -448,28 +484,46 @@ function M.fill_range(bufnr, start, finish, on_done)
   return true
 end
 
---- The range of `:[range]CodefillFill`: the last visual selection when the command came from it (charwise for
---- `v`, whole lines for `V` and blockwise), else the command's lines; no range: the cursor (an empty range).
+--- Whether a ":" command line gives its range as the visual area ('<,'> as Neovim inserts it after `:` in visual
+--- mode, or `*`).
+function M._visual_cmdline(line)
+  line = line:gsub("^[%s:]+", "")
+  return line:match("^'<%s*,%s*'>") ~= nil or line:match("^%*") ~= nil
+end
+
+--- The range of `:[range]CodefillFill`: the last visual selection when the command line said '<,'> (charwise for `v`,
+--- whole lines for `V` and blockwise), else the command's lines; no range: the cursor (an empty range).
+--- The line numbers of a range cannot tell `:'<,'>` from `:3` (both arrive as line1/line2), and '< '> stay wherever
+--- the last selection was; so the command line itself is read when it is left (CmdlineLeave, which also fires for
+--- `:` in a mapping), and `opts.visual` (true/false) overrides that, for callers with no command line (vim.cmd).
 function M.command_range(opts, bufnr)
   bufnr = bufnr or api.nvim_get_current_buf()
   if not opts or opts.range == 0 then
     local c = api.nvim_win_get_cursor(0)
     return { c[1] - 1, c[2] }, { c[1] - 1, c[2] }
   end
-  local vs, ve = vim.fn.getpos("'<"), vim.fn.getpos("'>")
-  local from_visual = vs[2] == opts.line1 and ve[2] == opts.line2
-  if from_visual and vim.fn.visualmode() == "v" then
-    local srow, scol = vs[2] - 1, vs[3] - 1
-    local erow, ecol = ve[2] - 1, ve[3] - 1
-    local line = get_line(bufnr, erow)
-    if ecol >= #line then
-      ecol = #line -- `$` in visual mode: to the end of the line
-    elseif vim.o.selection ~= "exclusive" then
-      -- inclusive: past the whole last character (which may be several bytes)
-      local char = vim.fn.strpart(line, ecol, 1, true)
-      ecol = ecol + math.max(#char, 1)
+  local visual = opts.visual
+  if visual == nil then
+    visual = cmdline_visual == true
+  end
+  if visual then
+    local vs, ve = vim.fn.getpos("'<"), vim.fn.getpos("'>")
+    if vs[2] > 0 and ve[2] > 0 then
+      if vim.fn.visualmode() == "v" then
+        local srow, scol = vs[2] - 1, vs[3] - 1
+        local erow, ecol = ve[2] - 1, ve[3] - 1
+        local line = get_line(bufnr, erow)
+        if ecol >= #line then
+          ecol = #line -- `$` in visual mode: to the end of the line
+        elseif vim.o.selection ~= "exclusive" then
+          -- inclusive: past the whole last character (which may be several bytes)
+          local char = vim.fn.strpart(line, ecol, 1, true)
+          ecol = ecol + math.max(#char, 1)
+        end
+        return { srow, math.min(scol, #get_line(bufnr, srow)) }, { erow, ecol }
+      end
+      opts = { line1 = vs[2], line2 = ve[2] }
     end
-    return { srow, math.min(scol, #get_line(bufnr, srow)) }, { erow, ecol }
   end
   local last_line = get_line(bufnr, opts.line2 - 1)
   return { opts.line1 - 1, 0 }, { opts.line2 - 1, #last_line }
@@ -482,12 +536,23 @@ function M.fill_command(opts)
   return M.fill_range(bufnr, start, finish)
 end
 
+--- Fill the last visual selection (what keymaps.fill runs; for scripts, where `:'<,'>CodefillFill` through vim.cmd
+--- has no command line to read the '<,'> from).
+function M.fill_visual()
+  return M.fill_command({ range = 2, visual = true })
+end
+
 -- Settings, status --------------------------------------------------------------------------------------------
 
 --- Change server settings (camelCase keys) and send them to the running servers.
 function M.configure(settings)
   M.config.settings = vim.tbl_extend("force", M.config.settings, settings or {})
-  local payload = { codefill = server_settings() }
+  local current = server_settings()
+  local payload = { codefill = current }
+  if configured then
+    -- Also for the servers started later (another root, :CodefillRestart): they read vim.lsp.config.
+    vim.lsp.config(M.NAME, { init_options = current, settings = payload })
+  end
   for _, client in ipairs(vim.lsp.get_clients({ name = M.NAME })) do
     client.settings = payload
     client:notify("workspace/didChangeConfiguration", { settings = payload })
@@ -599,7 +664,7 @@ function M._convert_completion(item)
   if item.detail ~= M.NAME or type(text) ~= "string" or item.insertTextFormat == 2 then
     return {}
   end
-  return { word = text:match("^[^\n]*"), menu = M.NAME }
+  return { word = M._lines(text)[1], menu = M.NAME }
 end
 
 --- After a codefill completion item is accepted: complete() inserted its first line; add the others.
@@ -611,10 +676,13 @@ local function on_complete_done(bufnr, done)
     return
   end
   local text = item.textEdit and item.textEdit.newText or item.insertText
-  if type(text) ~= "string" or not text:find("\n", 1, true) or item.insertTextFormat == 2 then
+  if type(text) ~= "string" or item.insertTextFormat == 2 then
     return
   end
-  local rest = vim.split(text, "\n", { plain = true })
+  local rest = M._lines(text)
+  if #rest < 2 then
+    return
+  end
   table.remove(rest, 1)
   local row, col = unpack(api.nvim_win_get_cursor(0))
   local before = get_line(bufnr, row - 1):sub(1, col)
@@ -715,7 +783,9 @@ local function on_attach(client, bufnr)
     map("i", km.dismiss, function() reset(bufnr) end, { buffer = bufnr, desc = "codefill: hide the fill" })
   end
   if km.fill then
-    map("x", km.fill, ":CodefillFill<CR>", { buffer = bufnr, desc = "codefill: fill the selection" })
+    -- <Esc> sets '< '> and visualmode(); then fill exactly that, with no command line to interpret.
+    map("x", km.fill, "<Esc><Cmd>lua require('codefill').fill_visual()<CR>",
+      { buffer = bufnr, desc = "codefill: fill the selection" })
   end
 end
 
@@ -739,6 +809,12 @@ function M.setup(opts)
   if opts and opts.filetypes then
     M.config.filetypes = opts.filetypes
   end
+  local exe = type(M.config.cmd) == "table" and M.config.cmd[1] or nil
+  if type(exe) == "string" and vim.fn.executable(exe) == 0 and not warned_missing then
+    warned_missing = true
+    notify(("server %q not found (not on PATH, or not executable): no fills until it is; see :checkhealth codefill")
+      :format(exe), vim.log.levels.WARN)
+  end
   if vim.fn.hlexists(M.config.hl_group) == 0 or vim.tbl_isempty(api.nvim_get_hl(0, { name = M.config.hl_group })) then
     api.nvim_set_hl(0, M.config.hl_group, { link = "Comment", default = true })
   end
@@ -758,9 +834,26 @@ function M.setup(opts)
       window = { workDoneProgress = true },
     },
   }, M.config.lsp or {})
-  vim.lsp.config(M.NAME, lsp_config)
+  -- Replace (not merge with) what an earlier setup() registered: settings it had and this one lacks must go.
+  vim.lsp.config[M.NAME] = lsp_config
+  configured = true
 
   group = api.nvim_create_augroup("codefill", { clear = true })
+  api.nvim_create_autocmd("CmdlineLeave", {
+    group = group,
+    pattern = ":",
+    callback = function()
+      cmdline_visual = not vim.v.event.abort and M._visual_cmdline(vim.fn.getcmdline())
+      cmdline_seq = cmdline_seq + 1
+      local seq = cmdline_seq
+      -- Only for the command this line runs, which runs before anything scheduled.
+      vim.schedule(function()
+        if cmdline_seq == seq then
+          cmdline_visual = nil
+        end
+      end)
+    end,
+  })
   api.nvim_create_autocmd("LspAttach", {
     group = group,
     callback = function(ev)

@@ -24,11 +24,11 @@ test("the VS Code defaults from package.json map onto the server defaults", () =
 test("values pass through in camelCase", () => {
   const s = toServerSettings(from({
     enabled: false, modelPath: "/models/x", device: "cuda:1", steps: 8, maxTokens: 64, debounceMs: 0,
-    languages: ["Python", "rust", "python"], logFile: "/tmp/codefill.log",
+    languages: ["Python", "rust", "python"], logFile: "/tmp/codefill.log", candidates: 5,
   }));
   assert.deepEqual(s, {
     enabled: false, modelPath: "/models/x", device: "cuda:1", steps: 8, maxTokens: 64, debounceMs: 0,
-    languages: ["python", "rust"], logFile: "/tmp/codefill.log",
+    languages: ["python", "rust"], logFile: "/tmp/codefill.log", candidates: 5,
   });
 });
 
@@ -51,6 +51,20 @@ test("bad values fall back, numbers are clamped and rounded", () => {
   assert.deepEqual(s.languages, ["go"]);
   assert.equal(toServerSettings(from({ steps: Number.NaN })).steps, 0);
   assert.equal(toServerSettings(from({ maxTokens: 0 })).maxTokens, 1);
+});
+
+test("candidates: 1 to 10 (the server's range), default 3", () => {
+  assert.equal(SERVER_DEFAULTS.candidates, 3);
+  assert.equal(toServerSettings(from({})).candidates, 3);
+  assert.equal(toServerSettings(from({ candidates: 1 })).candidates, 1);
+  assert.equal(toServerSettings(from({ candidates: 10 })).candidates, 10);
+  assert.equal(toServerSettings(from({ candidates: 0 })).candidates, 1);
+  assert.equal(toServerSettings(from({ candidates: 99 })).candidates, 10);
+  assert.equal(toServerSettings(from({ candidates: 2.4 })).candidates, 2);
+  assert.equal(toServerSettings(from({ candidates: "4" })).candidates, 3);
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const spec = require("../../package.json").contributes.configuration.properties["codefill.candidates"];
+  assert.deepEqual([spec.type, spec.default, spec.minimum, spec.maximum], ["integer", 3, 1, 10]);
 });
 
 test("~ expands in paths when a home is given", () => {
