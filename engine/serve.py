@@ -14,6 +14,7 @@ import logging
 import os
 import queue
 import secrets
+import select
 import signal
 import socket
 import stat
@@ -27,6 +28,8 @@ from typing import Any, Callable
 from engine.cli import non_negative_int, positive_int
 from engine.hosting import EngineHost, is_out_of_memory
 from engine.wire import (
+    AUTH_LINE_BYTES,
+    AUTH_TIMEOUT_S,
     AUTO_IDLE_EXIT_MINUTES,
     BUSY,
     CANCELLED,
@@ -37,6 +40,7 @@ from engine.wire import (
     INVALID_REQUEST,
     LOAD_ERROR_GRACE_S,
     LOAD_FAILED,
+    MAX_CONNECTIONS,
     MAX_INFLIGHT,
     MAX_LINE_BYTES,
     METHOD_NOT_FOUND,
@@ -52,8 +56,10 @@ from engine.wire import (
     default_token_path,
     encode_line,
     is_loopback,
+    os_reason,
     parse_address,
     request_once,
+    unix_path_problem,
     write_private,
 )
 
@@ -154,17 +160,29 @@ class _Reply(Exception):
         self.message = message
 
 
+MAX_OUTBOX = 1024  # answers waiting for a client that does not read them; one more closes the connection
+
+
 class Connection:
-    """One client: a reader thread that dispatches requests, a writer thread that sends answers."""
+    """One client: a reader thread that dispatches requests, a writer thread that sends answers.
+
+    A request never kills the connection: whatever goes wrong is answered. Before a TCP client has sent its token,
+    though, any line but a right `auth` closes it (EngineServer closes one that is too slow to send it). At the end
+    of the client's input (it closed, or only shut its sending side) nothing more is read; the fills in flight are
+    still answered, then the connection closes. A client whose Unix socket is closed altogether has its fills
+    cancelled at once; on TCP that looks like a half-close, so they run on until answered (or superseded).
+    """
 
     def __init__(self, server: EngineServer, sock: socket.socket, peer: str) -> None:
         self.server = server
         self.sock = sock
         self.peer = peer
         self.authenticated = server.token is None
+        self.opened = time.monotonic()
         self.outbox: queue.Queue[bytes | None] = queue.Queue()
         self.fills: dict[Any, FillJob] = {}
         self.lock = threading.Lock()
+        self.reading = True
         self.closed = False
 
     def start(self) -> None:
@@ -172,8 +190,13 @@ class Connection:
         threading.Thread(target=self._read_loop, name=f"codefill-in-{self.peer}", daemon=True).start()
 
     def send(self, msg: dict[str, Any]) -> None:
-        if not self.closed:
-            self.outbox.put(encode_line(msg))
+        if self.closed:
+            return
+        if self.outbox.qsize() >= MAX_OUTBOX:
+            log.warning("%s does not read its answers (%d waiting): closing the connection", self.peer, MAX_OUTBOX)
+            self.close(abort=True)
+            return
+        self.outbox.put(encode_line(msg))
 
     def reply(self, msg_id: Any, result: Any = None, error: tuple[int, str] | None = None) -> None:
         if error is not None:
@@ -181,7 +204,8 @@ class Connection:
         else:
             self.send({"id": msg_id, "result": result})
 
-    def close(self) -> None:
+    def close(self, abort: bool = False) -> None:
+        """Cancel the fills in flight; the writer sends what is queued, then shuts the socket (abort: at once)."""
         with self.lock:
             if self.closed:
                 return
@@ -189,7 +213,9 @@ class Connection:
             jobs = list(self.fills.values())
         for job in jobs:
             job.cancel()
-        self.outbox.put(None)  # the writer sends what is queued, then shuts the socket
+        self.outbox.put(None)
+        if abort:  # the writer may be stuck sending to a client that does not read
+            _shut(self.sock)
         self.server.disconnected(self)
 
     def _write_loop(self) -> None:
@@ -203,21 +229,20 @@ class Connection:
             pass
         finally:
             self.close()
-            try:
-                self.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            _shut(self.sock)
             self.sock.close()
 
     def _read_loop(self) -> None:
         stream = self.sock.makefile("rb")
         try:
             while not self.closed:
-                raw = stream.readline(MAX_LINE_BYTES + 1)
+                limit = MAX_LINE_BYTES if self.authenticated else AUTH_LINE_BYTES
+                raw = stream.readline(limit + 1)
                 if not raw:
                     break
-                if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
-                    self.reply(None, error=(INVALID_REQUEST, f"line longer than {MAX_LINE_BYTES} bytes"))
+                if len(raw) > limit and not raw.endswith(b"\n"):
+                    self.reply(None, error=(INVALID_REQUEST, f"line longer than {limit} bytes"))
+                    self.close()
                     break
                 if not raw.strip():
                     continue
@@ -225,46 +250,57 @@ class Connection:
         except OSError:
             pass
         finally:
-            self.close()
+            self._end_of_input()
+
+    def _end_of_input(self) -> None:
+        """Nothing more comes from the client: close now, or once its fills in flight are answered."""
+        with self.lock:
+            self.reading = False
+            waiting = len(self.fills)
+        if waiting and not self.closed and not _peer_gone(self.sock):
+            log.debug("%s ended its input; answering its %d fill(s) in flight first", self.peer, waiting)
+            return
+        self.close()
 
     def _dispatch(self, raw: bytes) -> None:
+        """Handle one line and answer it; before the token, anything that is not a right `auth` closes."""
+        msg_id = None
         try:
-            msg = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError as exc:
-            self.reply(None, error=(PARSE_ERROR, f"parse error: not UTF-8 (byte {exc.start})"))
+            msg = _parse_request(raw)
+            msg_id = msg.get("id")
+            if not isinstance(msg_id, (int, str, type(None))) or isinstance(msg_id, bool):
+                msg_id = None
+            self._handle(msg, msg_id)
+        except _Reply as exc:
+            self.reply(msg_id, error=(exc.code, exc.message))
+        except Exception as exc:  # a bug of ours: answered, and the connection lives on
+            self.server.internal_error(exc)
+            self.reply(msg_id, error=(INTERNAL_ERROR, f"internal error: {type(exc).__name__}: {exc}"))
+        else:
             return
-        except ValueError as exc:
-            self.reply(None, error=(PARSE_ERROR, f"parse error: {exc}"))
-            return
-        if not isinstance(msg, dict):
-            self.reply(None, error=(INVALID_REQUEST, "a request is a JSON object"))
-            return
-        msg_id = msg.get("id")
-        if not isinstance(msg_id, (int, str, type(None))) or isinstance(msg_id, bool):
-            msg_id = None
+        if not self.authenticated:
+            self.close()
+
+    def _handle(self, msg: dict[str, Any], msg_id: Any) -> None:
+        """Run a request's method (only `auth` before the token) and answer its result; raises _Reply."""
         method, params = msg.get("method"), msg.get("params")
         params = {} if params is None else params
         answer = "id" in msg
-        try:
-            if not isinstance(method, str):
-                raise _Reply(INVALID_REQUEST, "a request needs a string method")
-            if not isinstance(params, dict):
-                raise _Reply(INVALID_PARAMS, "params must be an object")
-            if not self.authenticated:
-                self._authenticate(method, params)
-                if answer:
-                    self.reply(msg_id, {"ok": True})
-                return
-            handler = getattr(self, f"_on_{method}", None) if method.isidentifier() else None
-            if handler is None:
-                raise _Reply(METHOD_NOT_FOUND, f"unknown method {method!r}")
-            result = handler(msg_id, params, answer)
-            if result is not None and answer:
-                self.reply(msg_id, result)
-        except _Reply as exc:
-            self.reply(msg_id, error=(exc.code, exc.message))
-            if exc.code == UNAUTHORIZED:
-                self.close()
+        if not isinstance(method, str):
+            raise _Reply(INVALID_REQUEST, "a request needs a string method")
+        if not isinstance(params, dict):
+            raise _Reply(INVALID_PARAMS, "params must be an object")
+        if not self.authenticated:
+            self._authenticate(method, params)
+            if answer:
+                self.reply(msg_id, {"ok": True})
+            return
+        handler = getattr(self, f"_on_{method}", None) if method.isidentifier() else None
+        if handler is None:
+            raise _Reply(METHOD_NOT_FOUND, f"unknown method {method!r}")
+        result = handler(msg_id, params, answer)
+        if result is not None and answer:
+            self.reply(msg_id, result)
 
     def _authenticate(self, method: str, params: dict[str, Any]) -> None:
         token = params.get("token")
@@ -272,10 +308,12 @@ class Connection:
             log.warning("%s: refused, no token", self.peer)
             raise _Reply(UNAUTHORIZED, "this engine needs a token: send auth first")
         assert self.server.token is not None
-        if not hmac.compare_digest(token.encode(), self.server.token.encode()):
+        # surrogatepass: JSON may carry a lone surrogate, which plain UTF-8 cannot encode
+        if not hmac.compare_digest(token.encode("utf-8", "surrogatepass"), self.server.token.encode()):
             log.warning("%s: refused, wrong token", self.peer)
             raise _Reply(UNAUTHORIZED, "wrong token")
         self.authenticated = True
+        self.server.joined(self)
 
     # -- methods ---------------------------------------------------------------------------------------------------
 
@@ -283,12 +321,12 @@ class Connection:
         return {"ok": True}
 
     def _on_health(self, msg_id: Any, params: dict[str, Any], answer: bool) -> dict[str, Any]:
-        return self.server.health()
+        return self.server.health(asking=self)
 
     def _on_shutdown(self, msg_id: Any, params: dict[str, Any], answer: bool) -> dict[str, Any]:
         log.info("%s asked the engine to shut down", self.peer)
         threading.Timer(0.2, self.server.stop).start()  # let the answer go out first
-        return {"ok": True}
+        return {"ok": True, "pid": os.getpid()}
 
     def _on_cancel(self, msg_id: Any, params: dict[str, Any], answer: bool) -> dict[str, Any]:
         target = params.get("id")
@@ -309,11 +347,15 @@ class Connection:
             raise _Reply(LOAD_FAILED, f"the model could not be loaded: {host.error}")
         job = FillJob(host, request, key, lambda fill, exc: self._answer_fill(msg_id, fill, exc))
         with self.lock:
-            if len(self.fills) >= MAX_INFLIGHT:
+            duplicate = msg_id in self.fills
+            if not duplicate and len(self.fills) >= MAX_INFLIGHT:
                 raise _Reply(BUSY, f"more than {MAX_INFLIGHT} fills waiting on this connection")
-            if msg_id in self.fills:
-                raise _Reply(INVALID_REQUEST, f"a fill with id {msg_id!r} is already running")
-            self.fills[msg_id] = job
+            if not duplicate:
+                self.fills[msg_id] = job
+        if duplicate:  # answered with id null: an answer with this id would be taken for the running fill's
+            message = f"a fill with id {msg_id!r} is already running on this connection; this one was not started"
+            self.reply(None, error=(INVALID_REQUEST, message))
+            return
         job.start()
 
     def _answer_fill(self, msg_id: Any, fill: Any, exc: BaseException | None) -> None:
@@ -323,6 +365,7 @@ class Connection:
         host = self.server.host
         with self.lock:
             self.fills.pop(msg_id, None)
+            last = not self.reading and not self.fills  # the client ended its input: this was the last answer
         host.count("requests_served")
         if exc is None:
             self.reply(msg_id, {"text": fill.text, "tokens": list(getattr(fill, "tokens", [])),
@@ -340,6 +383,42 @@ class Connection:
         else:
             log.error("fill failed: %s: %s", type(exc).__name__, exc)
             self.reply(msg_id, error=(INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"))
+        if last:
+            self.close()
+
+
+def _parse_request(raw: bytes) -> dict[str, Any]:
+    """A request line as a JSON object; raises _Reply(PARSE_ERROR or INVALID_REQUEST)."""
+    try:
+        msg = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise _Reply(PARSE_ERROR, f"parse error: not UTF-8 (byte {exc.start})") from None
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deep ("[" * 100000)
+        raise _Reply(PARSE_ERROR, f"parse error: {exc}") from None
+    if not isinstance(msg, dict):
+        raise _Reply(INVALID_REQUEST, "a request is a JSON object")
+    return msg
+
+
+def _shut(sock: socket.socket) -> None:
+    """Shut both ways (which wakes a thread blocked reading or writing it); a closed socket is fine."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def _peer_gone(sock: socket.socket) -> bool:
+    """Whether the other end closed its socket altogether, not only its sending side.
+
+    A Unix socket tells (POLLHUP); on TCP both look the same until a write fails, so False there.
+    """
+    try:
+        poller = select.poll()
+        poller.register(sock, 0)
+        return any(events & (select.POLLHUP | select.POLLERR) for _fd, events in poller.poll(0))
+    except (OSError, ValueError):  # closed meanwhile
+        return True
 
 
 def _fill_request(params: dict[str, Any]) -> tuple[Any, str | None]:
@@ -374,7 +453,11 @@ def _fill_request(params: dict[str, Any]) -> tuple[Any, str | None]:
 
 
 class EngineServer:
-    """Accepts connections on a Unix socket (0600) or loopback TCP (with a token) and serves an EngineHost."""
+    """Accepts connections on a Unix socket (0600) or loopback TCP (with a token) and serves an EngineHost.
+
+    At most MAX_CONNECTIONS at once. A client is a connection that has authenticated (on a Unix socket, at once);
+    only clients count in health and keep the engine from exiting idle.
+    """
 
     def __init__(self, host: EngineHost, address: Address, token: str | None = None,
                  idle_exit_s: float = 0.0, allow_remote: bool = False) -> None:
@@ -387,8 +470,12 @@ class EngineServer:
         self.address = address
         self.token = token
         self.idle_exit_s = idle_exit_s
-        self.clients: set[Connection] = set()
+        self.connections: set[Connection] = set()  # every open one
+        self.clients: set[Connection] = set()  # the authenticated ones
         self.clients_total = 0
+        self.connections_total = 0
+        self._refusing = False  # at MAX_CONNECTIONS (logged once until a connection closes)
+        self._errors_seen: set[str] = set()  # internal errors logged with their traceback
         self.stopped = threading.Event()
         self._lock = threading.Lock()
         self._idle_since = time.monotonic()
@@ -409,13 +496,16 @@ class EngineServer:
                 sock.bind((self.address.host, self.address.port))
             except OSError as exc:
                 sock.close()
-                raise ServeError(f"cannot listen on {self.address}: {exc.strerror}") from None
+                raise ServeError(f"cannot listen on {self.address}: {os_reason(exc)}") from None
             sock.listen(16)
             self._listener = sock
             self.address = Address("tcp", host=self.address.host, port=sock.getsockname()[1])
         return self.address
 
     def _bind_unix(self, path: Path) -> socket.socket:
+        problem = unix_path_problem(path)
+        if problem:
+            raise ServeError(problem)
         if path.exists() or path.is_symlink():
             st = path.lstat()
             if not stat.S_ISSOCK(st.st_mode):
@@ -433,7 +523,7 @@ class EngineServer:
             sock.bind(str(path))
         except OSError as exc:
             sock.close()
-            raise ServeError(f"cannot listen on {path}: {exc.strerror}") from None
+            raise ServeError(f"cannot listen on {path}: {os_reason(exc)}") from None
         finally:
             os.umask(old)
         os.chmod(path, 0o600)
@@ -477,7 +567,7 @@ class EngineServer:
             except OSError:
                 pass
             listener.close()
-        for conn in list(self.clients):
+        for conn in list(self.connections):
             conn.close()
         self.host.close()
         self._cleanup()
@@ -499,7 +589,7 @@ class EngineServer:
                 log.warning("refused a connection from uid %d", uid)
                 sock.close()
                 return
-            name = f"client{self.clients_total + 1}"
+            name = f"client{self.connections_total + 1}"
         else:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             name = f"{peer[0]}:{peer[1]}"
@@ -509,26 +599,66 @@ class EngineServer:
             pass
         conn = Connection(self, sock, name)
         with self._lock:
+            full = len(self.connections) >= MAX_CONNECTIONS
+            first_refusal = full and not self._refusing
+            self._refusing = full
+            if not full:
+                self.connections.add(conn)
+                self.connections_total += 1
+        if full:
+            if first_refusal:
+                log.warning("%d connections already: refusing more until one closes", MAX_CONNECTIONS)
+            _refuse(sock, BUSY, f"the engine has {MAX_CONNECTIONS} connections already; try again later")
+            return
+        if conn.authenticated:
+            self.joined(conn)
+        conn.start()
+
+    def joined(self, conn: Connection) -> None:
+        """A connection became a client (it authenticated, or needs not)."""
+        with self._lock:
+            if conn not in self.connections:  # closed meanwhile
+                return
             self.clients.add(conn)
             self.clients_total += 1
-        log.debug("%s connected (%d clients)", name, len(self.clients))
-        conn.start()
+            count = len(self.clients)
+        log.debug("%s connected (%d clients)", conn.peer, count)
 
     def disconnected(self, conn: Connection) -> None:
         """A connection closed."""
         with self._lock:
+            if conn not in self.connections:
+                return
+            self.connections.discard(conn)
+            self._refusing = False
             if conn not in self.clients:
                 return
             self.clients.discard(conn)
             if not self.clients:
                 self._idle_since = time.monotonic()
-        log.debug("%s disconnected (%d clients)", conn.peer, len(self.clients))
+            count = len(self.clients)
+        log.debug("%s disconnected (%d clients)", conn.peer, count)
+
+    def internal_error(self, exc: BaseException) -> None:
+        """Log a bug met while answering a request: with its traceback the first time, in one line after."""
+        kind = type(exc).__name__
+        with self._lock:
+            first = kind not in self._errors_seen
+            self._errors_seen.add(kind)
+        log.error("internal error answering a request: %s: %s", kind, exc, exc_info=exc if first else None)
 
     def _watch(self) -> None:
-        """Exit when idle too long, or when the model failed and nobody is left to tell."""
+        """Close connections too slow to authenticate; exit when idle too long, or when the model failed and nobody
+        is left to tell."""
         while not self.stopped.wait(0.25):
+            now = time.monotonic()
             with self._lock:
-                idle = time.monotonic() - self._idle_since if not self.clients else 0.0
+                idle = now - self._idle_since if not self.clients else 0.0
+                late = [c for c in self.connections if not c.authenticated and now - c.opened > AUTH_TIMEOUT_S]
+            for conn in late:
+                log.info("%s: no token within %g s: closing the connection", conn.peer, AUTH_TIMEOUT_S)
+                conn.reply(None, error=(UNAUTHORIZED, f"no token within {AUTH_TIMEOUT_S:g} s"))
+                conn.close()
             if self.host.state == "error" and idle >= LOAD_ERROR_GRACE_S:
                 log.info("the model could not be loaded and no client is connected: exiting")
                 self.stop()
@@ -536,12 +666,22 @@ class EngineServer:
                 log.info("no clients for %.0f s: exiting", idle)
                 self.stop()
 
-    def health(self) -> dict[str, Any]:
-        """The host's health plus this server's view."""
+    def health(self, asking: Connection | None = None) -> dict[str, Any]:
+        """The host's health plus this server's view; "clients" counts the clients other than the one asking."""
         with self._lock:
-            clients = len(self.clients)
+            clients = len(self.clients - {asking})
         return {**self.host.health(), "clients": clients, "clients_total": self.clients_total,
                 "pid": os.getpid(), "address": str(self.address), "protocol": PROTOCOL_VERSION}
+
+
+def _refuse(sock: socket.socket, code: int, message: str) -> None:
+    """Answer a connection that is not taken with one error line (if it fits the socket's buffer), and close it."""
+    try:
+        sock.setblocking(False)
+        sock.send(encode_line({"id": None, "error": {"code": code, "message": message}}))
+    except OSError:
+        pass
+    sock.close()
 
 
 def _peer_uid(sock: socket.socket) -> int | None:
@@ -593,7 +733,7 @@ def _setup_logging(log_file: str | None, verbose: bool) -> None:
         try:
             handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
         except OSError as exc:
-            problem = f"cannot write the log file {log_file}: {exc.strerror}; logging to stderr only"
+            problem = f"cannot write the log file {log_file}: {os_reason(exc)}; logging to stderr only"
     fmt = logging.Formatter("%(asctime)s codefill-serve[%(process)d] %(levelname)s: %(message)s")
     for h in handlers:
         h.setFormatter(fmt)
@@ -647,7 +787,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _control(args: argparse.Namespace) -> int:
-    """--status and --stop: talk to a running engine."""
+    """--status and --stop: talk to a running engine (--stop returns once it has stopped listening)."""
+    where = args.tcp or args.unix or "the default socket"
     try:
         if args.tcp:
             address = parse_address("tcp:" + args.tcp)
@@ -658,11 +799,53 @@ def _control(args: argparse.Namespace) -> int:
             address, token = Address("unix", path=path), None
         result = request_once(address, "shutdown" if args.stop else "health", token=token)
     except (OSError, ValueError, RuntimeError, ServeError) as exc:
-        print(f"codefill serve: no engine answers at {args.tcp or args.unix or 'the default socket'}: {exc}",
-              file=sys.stderr)
+        print(f"codefill serve: no engine answers at {where}: {exc}", file=sys.stderr)
         return 1
     print(json.dumps(result, indent=1))
+    if args.stop and not _wait_stopped(address, result.get("pid") if isinstance(result, dict) else None):
+        print(f"codefill serve: the engine at {where} still runs {STOP_WAIT_S:g} s after it was asked to stop",
+              file=sys.stderr)
+        return 1
     return 0
+
+
+STOP_WAIT_S = 10.0  # how long --stop waits for the engine to go
+
+
+def _wait_stopped(address: Address, pid: Any, timeout: float = STOP_WAIT_S) -> bool:
+    """Wait until the engine refuses connections and, when it runs on this machine, its process has exited."""
+    local = address.kind == "unix" or is_loopback(address.host)
+    pid = pid if local and isinstance(pid, int) and not isinstance(pid, bool) and pid > 0 else None
+    deadline = time.monotonic() + timeout
+    while True:
+        if not _listening(address) and (pid is None or _exited(pid)):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+
+
+def _listening(address: Address) -> bool:
+    try:
+        connect(address, timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def _exited(pid: int) -> bool:
+    """Whether a process is gone (a zombie, exited but not yet reaped by its parent, counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # not ours to signal: it exists
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):  # gone meanwhile, or no /proc (not Linux): the closed socket is all we can see
+        return True
+    return state in ("Z", "X")
 
 
 if __name__ == "__main__":

@@ -7,12 +7,21 @@ The protocol is JSON lines. A request is one object per line, {"id", "method", "
   fill      params mirror engine.api.FillRequest (prefix, suffix, max_tokens, single_line, steps, temperature,
             seed) plus "key" (the document uri): the newest fill per key wins, across every connection.
   cancel    params {"id": <the fill's id>}: stop that fill (it is answered with the "cancelled" error).
-  health    the model, device, uptime, clients and requests served; "state" is loading, ready or error.
-  shutdown  answer, then exit.
+  health    the model, device, uptime, clients (other than the one asking) and requests served; "state" is
+            loading, ready or error.
+  shutdown  answer (with the engine's pid), then exit.
   auth      params {"token"}: the first message on a TCP connection, which is refused without it.
 
-A line that is not JSON, or not a request, gets an error answer (id null where none could be read); the
-connection lives on. Only a line longer than MAX_LINE_BYTES closes it.
+A line that is not JSON, or not a request, gets an error answer (id null where none could be read); the connection
+lives on. Only a line longer than MAX_LINE_BYTES closes it (and a client that leaves its answers unread for too
+long). A fill whose id is already in flight on the connection is not started: it is answered with an error whose id
+is null (that id's answer belongs to the running fill). A client that ends its input (shutdown(SHUT_WR)) still gets
+the answers to its fills in flight.
+
+On TCP, until `auth` succeeds, a line may be at most AUTH_LINE_BYTES, anything but a right `auth` is answered with an
+error and closes the connection, and a connection that has not authenticated within AUTH_TIMEOUT_S is closed. An
+engine keeps at most MAX_CONNECTIONS connections; one more is answered with a BUSY error (id null) and closed. Only
+authenticated connections are clients (counted in health, and keeping the engine from exiting idle).
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ import json
 import os
 import socket
 import stat
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +41,11 @@ from typing import Any
 PROTOCOL_VERSION = 1
 MAX_LINE_BYTES = 32 * 1024 * 1024  # one request line (a fill carries its context); longer closes the connection
 MAX_INFLIGHT = 64  # fills one connection may have waiting at once
+MAX_CONNECTIONS = 64  # connections one engine keeps open at once; more are refused
+AUTH_LINE_BYTES = 4096  # the longest line a TCP connection may send before its token
+AUTH_TIMEOUT_S = 5.0  # a TCP connection without its token after this long is closed
+# The longest Unix socket path: sun_path holds 108 bytes with the final NUL on Linux, 104 on macOS and the BSDs.
+MAX_UNIX_PATH_BYTES = 107 if sys.platform.startswith("linux") else 103
 AUTO_IDLE_EXIT_MINUTES = 10.0  # an engine that an editor started goes away this long after its last client
 LOAD_ERROR_GRACE_S = 3.0  # a model that failed to load is reported this long to clients that come, then we exit
 
@@ -46,7 +61,7 @@ LOAD_FAILED = 3  # the model could not be loaded; it will not be
 OUT_OF_MEMORY = 4  # out of memory even after the fallbacks
 ENGINE_ERROR = 5  # the engine refused the request (EngineError)
 UNAUTHORIZED = 6  # no token, or the wrong one
-BUSY = 7  # too many fills waiting on this connection
+BUSY = 7  # too many fills waiting on this connection, or too many connections
 
 FILL_PARAMS = {"prefix", "suffix", "max_tokens", "single_line", "steps", "temperature", "seed", "key"}
 
@@ -98,11 +113,20 @@ def is_loopback(host: str) -> bool:
 
 def runtime_dir() -> Path:
     """A private directory for sockets, tokens and logs: $XDG_RUNTIME_DIR/codefill or /tmp/codefill-$UID (0700)."""
+    return _private_dir(_runtime_base())
+
+
+def _runtime_base() -> Path:
     xdg = os.environ.get("XDG_RUNTIME_DIR")
-    if xdg and os.path.isdir(xdg):
-        base = Path(xdg) / "codefill"
-    else:
-        base = Path(tempfile.gettempdir()) / f"codefill-{os.getuid()}"
+    return Path(xdg) / "codefill" if xdg and os.path.isdir(xdg) else _tmp_runtime_dir()
+
+
+def _tmp_runtime_dir() -> Path:
+    return Path(tempfile.gettempdir()) / f"codefill-{os.getuid()}"
+
+
+def _private_dir(base: Path) -> Path:
+    """base, made if need be and checked to be ours and 0700; raises ServeError."""
     try:
         base.mkdir(mode=0o700)
     except FileExistsError:
@@ -113,6 +137,15 @@ def runtime_dir() -> Path:
     if stat.S_IMODE(st.st_mode) & 0o077:
         os.chmod(base, 0o700)
     return base
+
+
+def unix_path_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why a Unix socket cannot live at this path (it is too long), or None."""
+    size = len(os.fsencode(path))
+    if size <= MAX_UNIX_PATH_BYTES:
+        return None
+    return (f"the socket path {os.fspath(path)} is {size} bytes long; a Unix socket's path may have at most "
+            f"{MAX_UNIX_PATH_BYTES}: choose a shorter one")
 
 
 def engine_key(model: str | None = None, device: str = "auto", steps: int = 0, factory: str | None = None) -> str:
@@ -127,9 +160,16 @@ def engine_key(model: str | None = None, device: str = "auto", steps: int = 0, f
 
 def default_socket_path(model: str | None = None, device: str = "auto", steps: int = 0,
                         factory: str | None = None) -> Path:
-    """The socket an engine with these settings listens on by default: engine.sock for the default engine."""
+    """The socket an engine with these settings listens on by default: engine.sock for the default engine.
+
+    In /tmp/codefill-$UID when the path under $XDG_RUNTIME_DIR would be too long for a socket.
+    """
     key = engine_key(model, device, steps, factory)
-    return runtime_dir() / (f"engine-{key}.sock" if key else "engine.sock")
+    name = f"engine-{key}.sock" if key else "engine.sock"
+    base = _runtime_base()
+    if unix_path_problem(base / name):
+        base = _tmp_runtime_dir()
+    return _private_dir(base) / name
 
 
 def default_token_path(port: int) -> Path:
@@ -185,6 +225,11 @@ def request_once(address: Address, method: str, params: Any = None, token: str |
                 raise RuntimeError(f"{msg['error'].get('code')}: {msg['error'].get('message')}")
             if msg.get("id") == 1:
                 return msg.get("result")
+
+
+def os_reason(exc: OSError) -> str:
+    """What went wrong, in words (some OSErrors, such as a too long socket path, have no strerror)."""
+    return exc.strerror or str(exc)
 
 
 def encode_line(obj: Any) -> bytes:

@@ -34,6 +34,8 @@ from lsp_server.engine_client import (
 
 log = logging.getLogger("codefill.engine_client")
 
+LOST_NOTICE_AFTER_TRIES = 3  # a lost engine not back after this many tries is shown to the user (once)
+
 
 class _Connection:
     """One socket to an engine: requests go out as JSON lines, a reader thread matches answers to futures."""
@@ -178,8 +180,9 @@ class RemoteEngine:
     """A resident engine (`codefill serve`) over a Unix socket or loopback TCP.
 
     In auto mode the engine's default socket for these settings is joined, or the engine is started there (detached,
-    so that it outlives this server and other editor windows share it). When the engine dies, fills are refused at
-    once (the server answers null) while a background thread brings it back with exponential backoff.
+    so that it outlives this server and other editor windows share it). When the engine dies, or cannot be reached
+    at start-up, fills are refused at once (the server answers null) while a background thread brings it back with
+    exponential backoff. Only a model that cannot load (EngineLoadFailed) is final.
     """
 
     def __init__(
@@ -232,11 +235,22 @@ class RemoteEngine:
         return self.state == "ready" and conn is not None and conn.alive
 
     def load(self) -> None:
-        """Reach the engine (starting it in auto mode) and wait for its model; raises EngineError."""
+        """Reach the engine (starting it in auto mode) and wait for its model; raises EngineError.
+
+        EngineUnavailable (nobody listens yet, a hung or dying engine) is raised for the caller to tell the user, and
+        the engine is then tried again in the background, as after losing it.
+        """
         try:
+            address = self.address
+            problem = wire.unix_path_problem(address.path) if address.kind == "unix" else None
+            if problem:
+                raise EngineError(problem)
             self._connect_and_wait()
-        except wire.ServeError as exc:
-            raise EngineUnavailable(str(exc)) from None
+        except wire.ServeError as exc:  # the runtime directory is not ours: trying again will not help
+            raise EngineError(str(exc)) from None
+        except EngineUnavailable:
+            self._restart(startup=True)
+            raise
 
     def close(self) -> None:
         """Disconnect and stop restarting; the engine stays up for its other clients (or idles out)."""
@@ -330,12 +344,13 @@ class RemoteEngine:
 
     def _connect_and_wait(self) -> None:
         address = self.address
+        before = self.process
         conn = self._open(address)
         try:
             health = self._wait_loaded(conn)
         except EngineUnavailable as exc:
             conn.close()
-            process = self.process
+            process = self.process if self.process is not before else None  # started by this call
             if process is not None and process.poll() is not None:  # the engine we started died while loading
                 log_path = Path(address.path).with_suffix(".log")
                 raise EngineUnavailable(f"the engine exited with status {process.returncode} while loading: "
@@ -352,7 +367,7 @@ class RemoteEngine:
             self.state = "ready"
         self.engine_pid = health.get("pid")
         self._device_seen = health.get("device")
-        log.info("engine at %s: pid %s, model %s on %s, up %.0f s, %s client(s)", address, health.get("pid"),
+        log.info("engine at %s: pid %s, model %s on %s, up %.0f s, %s other client(s)", address, health.get("pid"),
                  health.get("model") or "(built-in)", health.get("device"), health.get("uptime_s", 0),
                  health.get("clients"))
         if not self.auto and self.model_path and health.get("model") and \
@@ -383,7 +398,7 @@ class RemoteEngine:
             return _Connection.open(address, self._token(address), self._lost)
         except OSError as exc:
             if not self.auto:
-                raise EngineUnavailable(f"no engine at {address} ({exc.strerror or exc}); start one with "
+                raise EngineUnavailable(f"no engine at {address} ({wire.os_reason(exc)}); start one with "
                                         f"`codefill serve`") from None
         with _spawn_lock(Path(address.path + ".lock")):
             try:  # another editor window may have started it while we waited for the lock
@@ -413,7 +428,7 @@ class RemoteEngine:
         try:
             return path.read_text().strip()
         except OSError as exc:
-            raise EngineUnavailable(f"cannot read the engine token {path}: {exc.strerror}") from None
+            raise EngineUnavailable(f"cannot read the engine token {path}: {wire.os_reason(exc)}") from None
 
     def _spawn(self, address: wire.Address) -> tuple[subprocess.Popen, Path]:
         """Start `codefill serve` on the socket, detached; its output goes to a log file beside the socket."""
@@ -449,26 +464,45 @@ class RemoteEngine:
             if conn is not self._conn or self._closed.is_set():
                 return
             self._conn = None
-            was_ready = self.state == "ready"
-            self.state = "restarting"
-        if was_ready:
-            log.warning("the engine at %s went away (%s); fills are off until it is back", conn.address, reason)
-            threading.Thread(target=self._bring_back, name="codefill-engine-restart", daemon=True).start()
+        log.warning("the engine at %s went away (%s); fills are off until it is back", conn.address, reason)
+        self._restart(startup=False)
 
-    def _bring_back(self) -> None:
-        """Reconnect (in auto mode: restart the engine) with exponential backoff, until it works or we close."""
+    def _restart(self, startup: bool) -> None:
+        """Go to "restarting" and bring the engine back in a background thread (unless closed or already at it).
+
+        startup: load() could not reach it, and its caller tells the user; else the engine was lost.
+        """
+        with self._lock:
+            if self._closed.is_set() or self.state == "restarting":
+                return
+            self.state = "restarting"
+        threading.Thread(target=self._bring_back, args=(startup,), name="codefill-engine-restart",
+                         daemon=True).start()
+
+    def _bring_back(self, startup: bool) -> None:
+        """Reconnect (in auto mode: restart the engine) with exponential backoff, until it works or we close.
+
+        A lost engine is tried at once, and shown to the user (once) when it is not back after
+        LOST_NOTICE_AFTER_TRIES tries; after a failed start-up (already shown) the first try waits.
+        """
         delay, longest = RESTART_BACKOFF_S
         tries = 0
+        if startup and self._closed.wait(delay):
+            return
         while not self._closed.is_set():
             tries += 1
             try:
                 self._connect_and_wait()
             except EngineLoadFailed as exc:
                 self.state = "failed"
-                self.notices("restart-failed", 40, f"the restarted engine could not load its model: {exc}")
+                self.notices("restart-failed", 40, f"the engine could not load its model: {exc}")
                 return
             except Exception as exc:
-                log.warning("the engine is not back (try %d: %s); next try in %.1f s", tries, exc, delay)
+                if not startup and tries == LOST_NOTICE_AFTER_TRIES:
+                    self.notices("lost", 30, f"the engine at {self.address} went away and is not back after {tries} "
+                                 f"tries ({exc}); fills are off until it is (it is tried again in the background)")
+                else:
+                    log.warning("the engine is not back (try %d: %s); next try in %.1f s", tries, exc, delay)
                 if self._closed.wait(delay):
                     return
                 delay = min(delay * 2, longest)

@@ -22,7 +22,7 @@ from pygls.workspace import TextDocument, Workspace
 from engine.model_dir import language_note
 from lsp_server import languages
 from lsp_server.completion import complete_at
-from lsp_server.engine_client import EngineClient, EngineSpec, Keyed, make_engine_client
+from lsp_server.engine_client import EngineClient, EngineSpec, EngineUnavailable, Keyed, make_engine_client
 from lsp_server.holes import Hole
 from lsp_server.options import Settings, parse_settings
 from lsp_server.positions import Pos, line_starts, offset_at, position_at
@@ -379,9 +379,12 @@ class CodefillServer(LanguageServer):
             started = time.perf_counter()
             try:
                 engine.load()
+            except EngineUnavailable as exc:  # a shared engine not reachable yet: the client keeps trying
+                error = f"the engine cannot be reached ({exc}); fills start when it answers"
+                log.error("%s", error)
             except Exception as exc:  # CheckpointError, ImportError, anything: the server lives on
-                error = f"{type(exc).__name__}: {exc}"
-                log.error("the model failed to load: %s", error)
+                error = f"the model could not be loaded ({type(exc).__name__}: {exc}); no fills until it is fixed"
+                log.error("the model failed to load: %s: %s", type(exc).__name__, exc)
             else:
                 log.info("model ready in %.1f s", time.perf_counter() - started)
             self.send_threadsafe(functools.partial(self._loaded, engine, error))
@@ -396,8 +399,7 @@ class CodefillServer(LanguageServer):
             return
         self.engine_error = error
         if error is not None:
-            self.show(f"the model could not be loaded ({error}); no fills until it is fixed",
-                      types.MessageType.Error)
+            self.show(error, types.MessageType.Error)
         self._end_progress(error)
 
     def _end_progress(self, error: str | None) -> None:

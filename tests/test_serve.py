@@ -12,6 +12,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any
 import pytest
 from lsp_fixtures.harness import FAKE_ENGINE, REPO, server_env
 
-from engine import wire
+from engine import serve, wire
 from engine.hosting import EngineHost
 from engine.serve import EngineServer
 from engine.wire import Address, ServeError
@@ -124,6 +125,7 @@ def test_fill_and_health_with_a_real_model(tiny_server, tiny_model_dir) -> None:
     (b'{"id": 9, "method": "fill", "params": {"prefix": "x", "colour": "blue"}}\n', wire.INVALID_PARAMS, 9),
     (b'{"id": {"a": 1}, "method": "health"}\n', None, None),
     (b'{"method": "fill", "params": {"prefix": "x"}}\n', wire.INVALID_REQUEST, None),
+    (b"[" * 200_000 + b"\n", wire.PARSE_ERROR, None),  # nested too deep for json: a RecursionError
 ])
 def test_malformed_lines_get_an_error_and_the_connection_lives(fake_server, line, code, msg_id) -> None:
     client = LineClient(fake_server.address)
@@ -157,7 +159,8 @@ def test_two_clients_share_one_engine(fake_server) -> None:
             t.join(20)
         assert answers["one"]["result"]["text"] == "one" and answers["two"]["result"]["text"] == "two"
         health = second.call("health")["result"]
-        assert health["clients"] >= 2 and health["clients_total"] >= 2  # both connections, one engine
+        assert health["clients"] >= 1 and health["clients_total"] >= 2  # both connections (the asker is not
+        # counted in clients), one engine
         assert health["requests_served"] == before["requests_served"] + 2
         assert health["pid"] == before["pid"]
     finally:
@@ -399,7 +402,7 @@ async def test_two_editor_windows_start_one_engine(tmp_path_factory) -> None:
             result = await inline(client, "file:///shared.py", 1, 4)
             assert result is not None and result.items[0].insert_text == str(n)
         health = wire.request_once(Address("unix", path=str(sock)), "health")
-        assert health["clients"] == 3 and health["requests_served"] == 2  # two windows and this request
+        assert health["clients"] == 2 and health["requests_served"] == 2  # two windows (not this request)
     finally:
         for client in windows:
             await stop_server(client)
@@ -409,3 +412,198 @@ async def test_two_editor_windows_start_one_engine(tmp_path_factory) -> None:
             except (OSError, RuntimeError):
                 pass
         shutil.rmtree(runtime, ignore_errors=True)
+
+
+# -- hardening: clients that misbehave, on purpose or not ---------------------------------------------------------
+
+
+def start_tcp(token: str = "s3cret-token", **kwargs: Any) -> EngineServer:
+    host = EngineHost(factory=FAKE_ENGINE)
+    host.load()
+    server = EngineServer(host, Address("tcp", host="127.0.0.1", port=0), token=token, **kwargs)
+    server.start()
+    return server
+
+
+def closed_by_the_engine(client: LineClient) -> bool:
+    """Whether the engine closes this connection within 5 s (what is still queued is read first)."""
+    client.sock.settimeout(5)
+    try:
+        while True:
+            client.recv()
+    except (EOFError, ConnectionError):
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_before_its_token_a_tcp_connection_may_only_authenticate(monkeypatch) -> None:
+    monkeypatch.setattr(serve, "AUTH_TIMEOUT_S", 0.5)
+    server = start_tcp()
+    try:
+        for line in [b"x" * (wire.AUTH_LINE_BYTES + 10) + b"\n",  # far below MAX_LINE_BYTES, but no token yet
+                     b"this is not json\n", b"[" * 1000 + b"\n",
+                     b'{"id": 1, "method": "auth", "params": {"token": "\\ud800"}}\n']:  # a lone surrogate
+            client = LineClient(server.address)
+            client.send(line)
+            msg = client.recv()
+            assert msg["error"]["code"] in (wire.INVALID_REQUEST, wire.PARSE_ERROR, wire.UNAUTHORIZED), msg
+            assert closed_by_the_engine(client), line[:40]
+            client.close()
+        silent = LineClient(server.address)  # says nothing: shown out after AUTH_TIMEOUT_S
+        started = time.monotonic()
+        assert silent.recv()["error"]["code"] == wire.UNAUTHORIZED
+        assert closed_by_the_engine(silent) and time.monotonic() - started < 5
+        silent.close()
+        right = LineClient(server.address, token="s3cret-token")
+        time.sleep(1)  # past the deadline: an authenticated connection stays
+        assert right.call("health")["result"]["state"] == "ready"
+        right.close()
+    finally:
+        server.stop()
+
+
+def test_only_authenticated_connections_are_clients() -> None:
+    server = start_tcp(idle_exit_s=0.5)
+    lurkers = [LineClient(server.address) for _ in range(3)]  # connected, no token
+    try:
+        first, second = (LineClient(server.address, token="s3cret-token") for _ in range(2))
+        health = first.call("health")["result"]
+        assert health["clients"] == 1 and health["clients_total"] == 2  # the other window; not the asker, no lurker
+        first.close()
+        second.close()
+        assert server.stopped.wait(3)  # idle exit: the lurkers do not keep the engine up
+    finally:
+        for lurker in lurkers:
+            lurker.close()
+        server.stop()
+
+
+def test_connections_are_capped(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(serve, "MAX_CONNECTIONS", 3)
+    server = start(tmp_path, EngineHost(factory=FAKE_ENGINE))
+    clients = [LineClient(server.address) for _ in range(3)]
+    try:
+        extra = LineClient(server.address)
+        msg = extra.recv()
+        assert msg["id"] is None and msg["error"]["code"] == wire.BUSY
+        assert closed_by_the_engine(extra)
+        extra.close()
+        assert clients[0].call("health")["result"]["clients"] == 2
+        clients.pop().close()
+        _wait_for(lambda: len(server.connections) == 2, 5, "the engine to see the close")
+        clients.append(LineClient(server.address))
+        assert clients[-1].call("health")["result"]["state"] == "ready"
+    finally:
+        for client in clients:
+            client.close()
+        server.stop()
+
+
+@pytest.mark.parametrize("kind", ["unix", "tcp"])
+def test_a_half_closed_connection_gets_its_answers(fake_server, kind) -> None:
+    server = fake_server if kind == "unix" else start_tcp()
+    token = None if kind == "unix" else "s3cret-token"
+    client = LineClient(server.address, token=token)
+    try:
+        fill = client.request("fill", {"prefix": '# codefill-fake-sleep: 0.5\n# codefill-fake: "late"\nx = ',
+                                       "key": f"file:///half-{kind}.py"})
+        health = client.request("health")
+        client.sock.shutdown(socket.SHUT_WR)  # `printf '...' | nc -N`: the request, then end of input
+        answers = {msg["id"]: msg for msg in (client.recv(), client.recv())}
+        assert answers[fill]["result"]["text"] == "late" and answers[health]["result"]["state"] == "ready"
+        with pytest.raises(EOFError):
+            client.recv()  # and then the engine closes
+    finally:
+        client.close()
+        if server is not fake_server:
+            server.stop()
+
+
+def test_a_request_that_breaks_the_engine_is_answered_and_logged_once(fake_server, monkeypatch, caplog) -> None:
+    def broken(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        raise KeyError("oops")
+
+    monkeypatch.setattr(fake_server, "health", broken)
+    client = LineClient(fake_server.address)
+    try:
+        with caplog.at_level("ERROR", logger="codefill.serve"):
+            for _ in range(2):
+                msg = client.call("health")
+                assert msg["error"]["code"] == wire.INTERNAL_ERROR and "KeyError" in msg["error"]["message"]
+        monkeypatch.undo()
+        assert client.call("health")["result"]["state"] == "ready"  # the connection lives
+        records = [r for r in caplog.records if "internal error" in r.getMessage()]
+        assert len(records) == 2 and records[0].exc_info and not records[1].exc_info  # one traceback
+    finally:
+        client.close()
+
+
+def test_a_duplicate_fill_id_is_refused_without_taking_the_id(fake_server) -> None:
+    client = LineClient(fake_server.address)
+    try:
+        params = {"prefix": SLOW + "d = ", "key": "file:///duplicate.py"}
+        client.send({"id": 7, "method": "fill", "params": params})
+        client.send({"id": 7, "method": "fill", "params": {**params, "key": "file:///duplicate2.py"}})
+        refused = client.recv()
+        assert refused["id"] is None and refused["error"]["code"] == wire.INVALID_REQUEST
+        assert "7" in refused["error"]["message"]
+        client.send({"method": "cancel", "params": {"id": 7}})
+        first = client.recv()
+        assert first["id"] == 7 and first["error"]["code"] == wire.CANCELLED  # the running fill's own answer
+    finally:
+        client.close()
+
+
+def test_a_client_that_does_not_read_is_dropped(tmp_path, monkeypatch, caplog) -> None:
+    monkeypatch.setattr(serve, "MAX_OUTBOX", 20)
+    server = start(tmp_path, EngineHost(factory=FAKE_ENGINE))
+    client = LineClient(server.address)
+    try:
+        with caplog.at_level("WARNING", logger="codefill.serve"):
+            try:
+                client.send(b'{"id": 1, "method": "health"}\n' * 20_000)  # some MB of answers, none read
+            except OSError:
+                pass  # the engine shut the connection while we wrote
+            _wait_for(lambda: not server.connections, 10, "the connection to be dropped")
+        assert any("does not read its answers" in r.getMessage() for r in caplog.records)
+        assert closed_by_the_engine(client)
+        other = LineClient(server.address)
+        assert other.call("health")["result"]["state"] == "ready"
+        other.close()
+    finally:
+        client.close()
+        server.stop()
+
+
+def test_a_socket_path_too_long_is_a_clear_error(tmp_path, monkeypatch) -> None:
+    long_dir = tmp_path / ("d" * 120)
+    long_dir.mkdir()
+    with pytest.raises(ServeError, match="bytes long.*at most"):
+        EngineServer(EngineHost(factory=FAKE_ENGINE), Address("unix", path=str(long_dir / "e.sock"))).bind()
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(long_dir))
+    path = wire.default_socket_path()
+    assert path == Path(tempfile.gettempdir()) / f"codefill-{os.getuid()}" / "engine.sock"  # the short fallback
+    assert wire.unix_path_problem(path) is None and not (long_dir / "codefill").exists()
+    assert wire.runtime_dir() == long_dir / "codefill"  # tokens and logs have no such limit
+
+
+def test_stop_returns_once_the_engine_has_stopped(tmp_path, capsys) -> None:
+    sock = tmp_path / "engine.sock"
+    proc = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", "--unix", str(sock), "--engine-factory",
+                             FAKE_ENGINE], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=server_env(),
+                            cwd=REPO)
+    try:
+        _wait_for(sock.exists, what="the socket")
+        assert serve.main(["--stop", "--unix", str(sock)]) == 0
+        assert json.loads(capsys.readouterr().out)["pid"] == proc.pid
+        assert proc.poll() is not None  # exited (not reaped until now: a zombie counts as gone)
+        with pytest.raises(OSError):
+            wire.connect(Address("unix", path=str(sock)), timeout=1)
+        again = EngineServer(EngineHost(factory=FAKE_ENGINE), Address("unix", path=str(sock)))
+        again.bind()  # no "an engine already listens"
+        again.stop()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
