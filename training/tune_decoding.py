@@ -67,7 +67,8 @@ def score(engine: Engine, holes: list[DevHole], settings: dict) -> dict:
         passes.append(f.forward_passes)
     n = len(holes)
     return {**settings, "exact": round(100 * exact / n, 1), "empty": round(100 * empty / n, 1),
-            "ms": round(1000 * statistics.median(secs), 1), "passes": statistics.median(passes)}
+            "ms": round(1000 * statistics.median(secs), 1), "passes": statistics.median(passes),
+            "mean_passes": round(statistics.mean(passes), 2)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,9 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--valid", default="data/corpus/valid.jsonl")
     p.add_argument("--n", type=int, default=200)
     p.add_argument("--grid", default="default", help="'default' or a JSON object of lists")
+    p.add_argument("--seed", type=int, default=0, help="which holes (make_holes' seed)")
     args = p.parse_args(argv)
     texts = [json.loads(line)["text"] for line in open(args.valid)]
-    holes = make_holes(texts, args.n)
+    holes = make_holes(texts, args.n, args.seed)
     engine = Engine.from_pretrained(args.model)
     grid = {"order": ["confidence", "left-to-right"], "end_penalty": [0.0, 2.0], "steps": [8, 16],
             "min_tokens": [1]} if args.grid == "default" else json.loads(args.grid)

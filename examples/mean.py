@@ -1,0 +1,4 @@
+def mean(values):
+    """The average of values."""
+    total = sum(values)
+    return total / 
