@@ -135,7 +135,7 @@ def cmd_fill(args: argparse.Namespace) -> int:
     from engine.api import Engine
     from engine.model_dir import language_note
     from lsp_server.completion import complete_at
-    from lsp_server.languages import spec_for
+    from lsp_server.languages import LANGUAGE_IDS, spec_for
 
     path, line, col = parse_location(args.location)
     text = read_source(path)
@@ -151,6 +151,9 @@ def cmd_fill(args: argparse.Namespace) -> int:
     engine = Engine.from_pretrained(args.model, device=args.device, dtype=args.dtype, **settings)
     spec = spec_for(language)
     note = language_note(args.model, spec.name, how_to_switch="--model DIR") if spec is not None else None
+    if args.language and spec is None:
+        note = (f"no grammar for --language {args.language!r} (known: {', '.join(sorted(LANGUAGE_IDS))}): the hole "
+                "is found by indentation and the fill is not syntax-checked")
     if note:
         print(f"codefill: note: {note}", file=sys.stderr)
     result = complete_at(engine, text, start, language, selection_end=end, max_tokens=args.max_tokens)

@@ -81,6 +81,9 @@ def test_a_language_the_model_does_not_know_gets_a_note(tmp_path):
     assert "Traceback" not in run.stderr
     py = codefill("fill", "examples/inventory.py:8:1")
     assert "note:" not in py.stderr
+    typo = codefill("fill", "examples/inventory.py:8:1", "--language", "pyhton")
+    assert "no grammar for --language 'pyhton'" in typo.stderr and "not syntax-checked" in typo.stderr
+    assert "note:" not in codefill("fill", "examples/inventory.py:8:1", "--language", "PYTHON").stderr
 
 
 def test_the_reader_leaving_early_is_not_an_error():
