@@ -13,7 +13,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 from cattrs import ClassValidationError, transform_error
 from lsprotocol import types
-from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams
+from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams, JsonRpcServerNotInitialized
 from pygls.lsp.server import LanguageServer
 from pygls.protocol import LanguageServerProtocol
 from pygls.uris import to_fs_path
@@ -752,7 +752,11 @@ def make_server(settings: Settings | None = None, engine_factory: str | None = N
     @server.feature(DOCUMENT_TEXT_REQUEST)
     def document_text(ls: CodefillServer, params: Any) -> dict[str, Any] | None:
         uri = getattr(params, "uri", None) if not isinstance(params, dict) else params.get("uri")
-        doc = ls.workspace.text_documents.get(uri) if isinstance(uri, str) else None
+        try:
+            docs = ls.workspace.text_documents
+        except RuntimeError:  # pygls makes the workspace at initialize
+            raise JsonRpcServerNotInitialized() from None
+        doc = docs.get(uri) if isinstance(uri, str) else None
         return None if doc is None else {"text": doc.source, "version": doc.version}
 
     @server.feature(types.SHUTDOWN)

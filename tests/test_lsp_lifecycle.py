@@ -225,9 +225,13 @@ def test_exit_without_shutdown_is_an_error_exit() -> None:
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=server_env(), cwd=REPO)
     try:
         assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(_frame({"jsonrpc": "2.0", "id": 0, "method": "codefill/documentText",
+                                 "params": {"uri": "file:///x.py"}}))
         proc.stdin.write(_frame({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"capabilities": {}}}))
         proc.stdin.flush()
-        assert "capabilities" in _responses(proc.stdout, {1})[1]["result"]
+        got = _responses(proc.stdout, {0, 1})
+        assert got[0]["error"]["code"] == -32002  # ServerNotInitialized, not an internal error
+        assert "capabilities" in got[1]["result"]
         proc.stdin.write(_frame({"jsonrpc": "2.0", "method": "exit"}))
         proc.stdin.flush()
         assert proc.wait(timeout=10) == 1
