@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from engine.cli import package_version
+from engine.cli import VersionAction
 from engine.wire import is_loopback
 from lsp_server.engine_client import EngineSpec, parse_engine_mode
 from lsp_server.options import DEVICES, Settings
@@ -35,7 +35,7 @@ def _engine_mode(value: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """The command line of codefill-lsp."""
     p = argparse.ArgumentParser(prog="codefill-lsp", description="codefill code-infill language server")
-    p.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    p.add_argument("--version", action=VersionAction)
     p.add_argument("--tcp", metavar="HOST:PORT", type=_host_port, help="listen on TCP instead of stdio (loopback)")
     p.add_argument("--allow-remote", action="store_true",
                    help="allow --tcp on a non-loopback address (anyone who can connect can use the server)")

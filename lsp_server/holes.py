@@ -50,6 +50,8 @@ class Hole:
     max_tokens: int
     single_line: bool
     in_comment: bool = False
+    unit: str = "    "  # the document's indentation unit (detect_indent_unit)
+    line_break: str = "\n"  # the document's line break (line_break): what the insert's breaks become
 
     def insert_text(self, fill: str) -> str:
         """The text that replaces [start, end) for a given fill."""
@@ -200,11 +202,13 @@ def find_hole(
             suffix=_clip_suffix(trail + keep + text[end:]),
             lead=lead, trail=trail, keep=keep, indent=indent,
             max_tokens=max(1, min(budget, cap)), single_line=single, in_comment=in_comment,
+            unit=unit, line_break=line_break(text),
         )
 
     line_start, line_end = line_bounds(text, offset)
     line = text[line_start:line_end]
     current_indent = _leading_ws(line)
+    unit = detect_indent_unit(text, spec.indent_unit if spec else "    ")
 
     if selection_end is not None and selection_end != offset:
         start, end = sorted((offset, min(max(selection_end, 0), len(text))))
@@ -214,7 +218,6 @@ def find_hole(
 
     left = text[line_start:offset]
     right = text[offset:line_end]
-    unit = detect_indent_unit(text, spec.indent_unit if spec else "    ")
     syntax = _syntax_at(spec, text, offset)
 
     if syntax.in_comment or syntax.in_string:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from lsp_server import languages
-from lsp_server.holes import Hole, detect_indent_unit, line_bounds, line_break, neighbour_line
+from lsp_server.holes import Hole, line_bounds, neighbour_line
 from lsp_server.languages import LanguageSpec
 
 _CLOSE_OF = {"(": ")", "[": "]", "{": "}"}
@@ -49,13 +49,13 @@ def _line_before(hole: Hole, document: str) -> str:
     return head[head.rfind("\n") + 1 :]
 
 
-def _shape_lines(hole: Hole, fill: str, unit: str) -> str:
+def _shape_lines(hole: Hole, fill: str) -> str:
     """Keep a multi-line fill inside its block (stop at the first line indented less than the block) and indent its
     later lines with the document's character: tabs in a tab-indented file (four spaces each), spaces otherwise (a
     tab becomes one unit). A model that learnt from space-indented code writes spaces, which mixed with the file's
     tabs is an error in Python and against the style of Go."""
     lines = fill.split("\n")
-    lines = lines[:1] + [_restyle_indent(ln, unit) for ln in lines[1:]]
+    lines = lines[:1] + [_restyle_indent(ln, hole.unit) for ln in lines[1:]]
     if hole.kind in ("block", "body"):
         width = len(hole.indent)
         for i in range(1, len(lines)):
@@ -139,7 +139,7 @@ def clean_fill(hole: Hole, fill: str, document: str) -> str:
     elif hole.kind in ("block", "body"):
         fill = fill.lstrip("\n").lstrip(" \t")  # the first line's indentation is already there
     if not hole.single_line:
-        fill = _shape_lines(hole, fill, detect_indent_unit(document))
+        fill = _shape_lines(hole, fill)
     return dedupe_against_suffix(hole, fill, document)
 
 
@@ -204,4 +204,4 @@ def postprocess(
     fill = _parse_checked(hole, clean_fill(hole, fill, document), document, spec, errors_before)
     if fill is None:
         return None
-    return hole.insert_text(fill).replace("\n", line_break(document))
+    return hole.insert_text(fill).replace("\n", hole.line_break)
