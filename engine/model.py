@@ -177,7 +177,10 @@ class Block(nn.Module):
 def rotary_inv_freq(cfg: ModelConfig, device: torch.device | str | None = None) -> Tensor:
     """Rotary frequencies [head_dim / 2], always float32."""
     hd = cfg.head_dim
-    return 1.0 / (cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32, device=device) / hd))
+    # Computed on the CPU and then moved: torch.arange on the meta device runs a Python reference that imports
+    # torch._dynamo (seconds); `device` None means the current default device, as for any factory function.
+    freqs = 1.0 / (cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.float32, device="cpu") / hd))
+    return freqs.to(torch.empty(0, device=device).device)
 
 
 class DiffusionLM(nn.Module):
@@ -187,7 +190,12 @@ class DiffusionLM(nn.Module):
         super().__init__()
         cfg.validate()
         self.cfg = cfg
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        # nn.Embedding's own init is a normal_ that, on the meta device (how checkpoints are loaded), runs a Python
+        # meta kernel which imports torch._dynamo (two seconds of every `codefill fill`). Same init, skipped on meta.
+        weight = torch.empty(cfg.vocab_size, cfg.hidden_size)
+        if not weight.is_meta:
+            nn.init.normal_(weight)
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size, _weight=weight)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)

@@ -402,3 +402,25 @@ def test_mask_id_outside_the_vocabulary(saved: tuple[Path, DiffusionLM]) -> None
     tok = make_tokenizer(["<|end|>"] + [f"x{i}" for i in range(60)] + ["<|mask|>"])
     tok.save(str(out / "tokenizer.json"))
     expect_error(out, str(out / "tokenizer.json"), "mask token id", f"vocabulary of {VOCAB}")
+
+
+def test_loading_does_not_import_the_compiler(saved: tuple[Path, DiffusionLM]) -> None:
+    # Building the model on the meta device once ran Python meta kernels (Embedding's normal_, arange) that import
+    # torch._dynamo: two of the five seconds of a `codefill fill`. A fresh interpreter shows whether it came back.
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from engine.checkpoint import load_model; "
+        f"m, _ = load_model({str(saved[0])!r}); "
+        "assert not m.inv_freq.is_meta; print('torch._dynamo' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out.stderr
+
+
+def test_default_construction_still_initialises_the_embedding() -> None:
+    cfg = ModelConfig(vocab_size=VOCAB, hidden_size=32, num_layers=1, num_heads=4, num_kv_heads=2,
+                      intermediate_size=48)
+    weight = DiffusionLM(cfg).embed_tokens.weight
+    assert 0.5 < float(weight.std()) < 1.5  # nn.Embedding's N(0, 1), not uninitialised memory
