@@ -118,7 +118,9 @@ def runtime_dir() -> Path:
 
 def _runtime_base() -> Path:
     xdg = os.environ.get("XDG_RUNTIME_DIR")
-    return Path(xdg) / "codefill" if xdg and os.path.isdir(xdg) else _tmp_runtime_dir()
+    # A stale or foreign $XDG_RUNTIME_DIR (another user's after `su`, read-only) is passed over, as a missing one is.
+    usable = xdg and os.path.isdir(xdg) and os.access(xdg, os.W_OK | os.X_OK)
+    return Path(xdg) / "codefill" if usable else _tmp_runtime_dir()
 
 
 def _tmp_runtime_dir() -> Path:
@@ -128,14 +130,19 @@ def _tmp_runtime_dir() -> Path:
 def _private_dir(base: Path) -> Path:
     """base, made if need be and checked to be ours and 0700; raises ServeError."""
     try:
-        base.mkdir(mode=0o700)
-    except FileExistsError:
-        pass
-    st = base.lstat()
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
-        raise ServeError(f"{base}: not a directory of ours; refusing to use it for the engine socket")
-    if stat.S_IMODE(st.st_mode) & 0o077:
-        os.chmod(base, 0o700)
+        try:
+            base.mkdir(mode=0o700)
+        except FileExistsError:
+            pass
+        st = base.lstat()
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+            raise ServeError(f"{base}: not a directory of ours; refusing to use it for the engine socket")
+        if stat.S_IMODE(st.st_mode) & 0o077:
+            os.chmod(base, 0o700)
+    except OSError as exc:
+        raise ServeError(f"{base}: cannot make a private directory for the engine socket "
+                         f"({exc.strerror or exc}); set TMPDIR to a directory you can write, or name a socket: "
+                         f"codefill serve --unix PATH, codefill-lsp --engine unix:PATH") from None
     return base
 
 

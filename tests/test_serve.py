@@ -302,6 +302,21 @@ def test_runtime_dir_and_default_socket(tmp_path, monkeypatch) -> None:
             wire.parse_address(bad)
 
 
+def test_an_unwritable_runtime_dir_is_passed_over_and_a_broken_one_is_a_clear_error(tmp_path, monkeypatch) -> None:
+    # A stale $XDG_RUNTIME_DIR (another user's after su, read-only) surfaced as a PermissionError from loading the
+    # model. os.access stands in for the permission check (the tests may run as root, who passes every check).
+    xdg = tmp_path / "xdg"
+    xdg.mkdir()
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(xdg))
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if str(p) == str(xdg) else real_access(p, mode))
+    assert wire.runtime_dir().name == f"codefill-{os.getuid()}"
+    assert not (xdg / "codefill").exists()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ServeError, match="cannot make a private directory.*codefill serve --unix"):
+        wire._private_dir(tmp_path / "file" / "codefill")
+
+
 def test_a_stale_socket_is_replaced_and_a_live_one_is_not(tmp_path) -> None:
     path = tmp_path / "e.sock"
     stale = socket.socket(socket.AF_UNIX)
