@@ -843,9 +843,12 @@ def _exited(pid: int) -> bool:
         return False
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+        threads = len(os.listdir(f"/proc/{pid}/task"))
     except (OSError, IndexError):  # gone meanwhile, or no /proc (not Linux): the closed socket is all we can see
         return True
-    return state in ("Z", "X")
+    # The main thread shows as a zombie while the process's other threads are still being torn down, and
+    # waitpid() cannot reap it until they are gone: only a zombie with no other threads has exited.
+    return state in ("Z", "X") and threads <= 1
 
 
 if __name__ == "__main__":
