@@ -3,7 +3,9 @@
 A directory holds `config.json`, the weights as `model.safetensors` or as shards listed in
 `model.safetensors.index.json`, and `tokenizer.json`. Our own format (model_type "codefill") stores ModelConfig as
 config.json and our parameter names; external families (LLaDA, the Dream family, Open-dCoder) are recognised from
-their config.json and mapped onto the same DiffusionLM (see engine/external.py).
+their config.json and mapped onto the same DiffusionLM (see engine/external.py). A Qwen2-style tokenizer may come as
+vocab.json + merges.txt with its special tokens in tokenizer_config.json instead: the Dream family publishes no
+tokenizer.json.
 
 Loading never unpickles anything: only safetensors files are read, their headers are checked against the file
 size before any tensor is touched, and the model is built on the meta device so that each weight is materialised
@@ -23,7 +25,7 @@ from typing import Any
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from tokenizers import Tokenizer
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
 from engine import external
 from engine.config import ModelConfig
@@ -35,6 +37,17 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 TOKENIZER_FILE = "tokenizer.json"
+# A slow (Python) tokenizer's files: the Dream family publishes only these (DreamTokenizer has no fast version).
+VOCAB_FILE = "vocab.json"
+MERGES_FILE = "merges.txt"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"  # its added_tokens_decoder holds the special tokens and their ids
+ADDED_TOKENS_FILE = "added_tokens.json"  # older transformers wrote the added tokens here ({token: id})
+
+# Tokenizer classes whose vocab.json + merges.txt are a Qwen2 byte-level BPE, and the pre-tokenizer split of Qwen2's
+# tokenizer (the same in Qwen2Tokenizer and Dream's tokenization_dream.py).
+QWEN2_TOKENIZER_CLASSES = ("Qwen2Tokenizer", "Qwen2TokenizerFast", "DreamTokenizer")
+QWEN2_SPLIT = (r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
+               r"""\s*[\r\n]+|\s+(?!\S)|\s+""")
 
 # Weight files we refuse to open: pickle-based formats can run code when loaded.
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
@@ -215,6 +228,98 @@ def _load_tokenizer_file(path: Path) -> Tokenizer:
         raise CheckpointError(f"{path}: not a valid tokenizer.json ({exc})") from None
 
 
+def _load_tokenizer(root: Path, raw: dict[str, Any]) -> tuple[Tokenizer, Path]:
+    """The directory's tokenizer and the file that names its special tokens (for messages).
+
+    tokenizer.json when there is one; else a Qwen2-style vocab.json + merges.txt with the added tokens of
+    tokenizer_config.json (how the Dream family, DiffuCoder among it, publishes its tokenizer).
+    """
+    path = root / TOKENIZER_FILE
+    if path.is_file() or not ((root / VOCAB_FILE).is_file() and (root / MERGES_FILE).is_file()):
+        return _load_tokenizer_file(path), path
+    tok_config_path = root / TOKENIZER_CONFIG_FILE
+    tok_config = _read_json(tok_config_path, "tokenizer config") if tok_config_path.is_file() else {}
+    cls = tok_config.get("tokenizer_class")
+    qwen2_family = external.family_of_model_type(raw.get("model_type")) in (external.DREAM, external.OPEN_DCODER)
+    if not (cls in QWEN2_TOKENIZER_CLASSES or (cls is None and qwen2_family)):
+        raise CheckpointError(
+            f"{path}: missing tokenizer.json; the directory has {VOCAB_FILE} and {MERGES_FILE}, which codefill reads "
+            f"only for Qwen2-style tokenizers ({', '.join(QWEN2_TOKENIZER_CLASSES)}), not tokenizer_class "
+            f"{cls!r}. Write a tokenizer.json with transformers: "
+            f"AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR)"
+        )
+    return _qwen2_tokenizer(root, tok_config, tok_config_path), tok_config_path
+
+
+def _added_tokens(root: Path, tok_config: dict[str, Any], tok_config_path: Path) -> dict[int, AddedToken]:
+    """id -> added token, from tokenizer_config.json's added_tokens_decoder (and an older added_tokens.json)."""
+    out: dict[int, AddedToken] = {}
+    decoder = tok_config.get("added_tokens_decoder", {})
+    if not isinstance(decoder, dict):
+        raise CheckpointError(f"{tok_config_path}: added_tokens_decoder must be an object of id -> token")
+    for key, info in decoder.items():
+        content = info.get("content") if isinstance(info, dict) else None
+        if not (isinstance(key, str) and key.isdigit() and isinstance(content, str) and content):
+            raise CheckpointError(f"{tok_config_path}: malformed added_tokens_decoder entry {key!r}: {info!r}")
+        out[int(key)] = AddedToken(
+            content, single_word=bool(info.get("single_word", False)), lstrip=bool(info.get("lstrip", False)),
+            rstrip=bool(info.get("rstrip", False)), normalized=bool(info.get("normalized", False)),
+            special=bool(info.get("special", True)),
+        )
+    added_path = root / ADDED_TOKENS_FILE
+    if added_path.is_file():
+        for content, ident in _read_json(added_path, "added tokens").items():
+            if isinstance(ident, bool) or not isinstance(ident, int) or ident < 0 or not content:
+                raise CheckpointError(f"{added_path}: malformed entry {content!r}: {ident!r}")
+            out.setdefault(ident, AddedToken(content, normalized=False, special=True))
+    return out
+
+
+def _qwen2_tokenizer(root: Path, tok_config: dict[str, Any], tok_config_path: Path) -> Tokenizer:
+    """A Qwen2 byte-level BPE from vocab.json + merges.txt, as transformers converts Qwen2Tokenizer: NFC, the Qwen2
+    split, byte-level bytes; the added tokens keep the ids tokenizer_config.json gives them."""
+    vocab_path, merges_path = root / VOCAB_FILE, root / MERGES_FILE
+    vocab = _read_json(vocab_path, "tokenizer vocabulary")
+    if not all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in vocab.values()):
+        raise CheckpointError(f"{vocab_path}: expected an object of token -> id")
+    try:
+        lines = merges_path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{merges_path}: cannot read BPE merges ({exc})") from None
+    merges: list[tuple[str, str]] = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip() or (n == 1 and line.startswith("#version")):
+            continue
+        parts = line.split()
+        if len(parts) != 2:
+            raise CheckpointError(f"{merges_path}: line {n} is not a merge of two tokens: {line!r}")
+        merges.append((parts[0], parts[1]))
+    added = _added_tokens(root, tok_config, tok_config_path)
+    by_id = {i: t for t, i in vocab.items()}
+    full = dict(vocab)
+    for ident, token in added.items():
+        if by_id.get(ident, token.content) != token.content or full.get(token.content, ident) != ident:
+            raise CheckpointError(
+                f"{tok_config_path}: added token {token.content!r} has id {ident}, which {vocab_path} gives to "
+                f"{by_id.get(ident, token.content)!r} (and {token.content!r} to id {full.get(token.content)})"
+            )
+        full[token.content] = ident  # in the model's vocabulary, so that the added token keeps this id
+    try:
+        tok = Tokenizer(models.BPE(vocab=full, merges=merges, fuse_unk=False))
+    except Exception as exc:  # the tokenizers library raises plain Exceptions
+        raise CheckpointError(f"{merges_path}: does not fit {vocab_path} ({exc})") from None
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    for ident in sorted(added):
+        token = added[ident]
+        (tok.add_special_tokens if token.special else tok.add_tokens)([token])
+    return tok
+
+
 def _detect_family(raw: dict[str, Any], tok: Tokenizer, config_path: Path, tok_path: Path) -> str:
     model_type = raw.get("model_type")
     family = external.family_of_model_type(model_type)
@@ -279,6 +384,13 @@ def _code_tokenizer(
             raise CheckpointError(
                 f"{tok_path}: the {what} token id {ident} is outside the model's vocabulary of {cfg.vocab_size}"
             )
+    # Any text may encode to any id: one past the embedding would crash the first fill that met it.
+    top = max(tok.get_vocab(with_added_tokens=True).values(), default=-1)
+    if top >= cfg.vocab_size:
+        raise CheckpointError(
+            f"{tok_path}: the tokenizer has ids up to {top} ({tok.id_to_token(top)!r}), outside the model's "
+            f"vocabulary of {cfg.vocab_size}: it is not the tokenizer of these weights"
+        )
     cfg.mask_token = mask
     cfg.end_token = code_tok.tok.id_to_token(code_tok.end_id) or cfg.end_token
     return code_tok
@@ -371,9 +483,14 @@ def load_model(
     """
     root = _check_directory(path)
     config_path = root / CONFIG_FILE
+    if not config_path.is_file() and (root / "snapshots").is_dir():
+        snapshots = sorted(str(p) for p in (root / "snapshots").iterdir() if (p / CONFIG_FILE).is_file())
+        raise CheckpointError(
+            f"{root}: a Hugging Face cache folder, not a model directory: point at one of its snapshots "
+            f"({', '.join(snapshots) or 'none is complete'})"
+        )
     raw = _read_json(config_path, "config.json")
-    tok_path = root / TOKENIZER_FILE
-    tok = _load_tokenizer_file(tok_path)
+    tok, tok_path = _load_tokenizer(root, raw)
     layout = _detect_family(raw, tok, config_path, tok_path)  # the directory's format: codefill or a family
     cfg = _model_config(raw, layout, config_path)
     entries = _weight_files(root)

@@ -54,7 +54,12 @@ class CodeTokenizer:
         if not ends:
             raise TokenizerError(f"tokenizer has none of the end tokens {end_tokens or [END_TOKEN]!r}")
         self.end_id: int = ends[0]
-        self.end_ids: frozenset[int] = frozenset(ends)
+        # Every other special token of the vocabulary (a chat turn, a FIM marker, a file separator, a bos, a reserved
+        # id: an external family has dozens) is not code: it ends a fill like an end token, and never shows in text.
+        self.control_ids: frozenset[int] = frozenset(
+            i for i, t in tok.get_added_tokens_decoder().items() if t.special and i != mask_id and i not in ends
+        )
+        self.end_ids: frozenset[int] = frozenset(ends) | self.control_ids  # ids that end a fill
         self.pad_id: int = self.end_id
 
     @classmethod
