@@ -185,20 +185,72 @@ def cmd_fill(args: argparse.Namespace) -> int:
     return 0
 
 
+def non_negative_float(text: str) -> float:
+    """An argparse type: a number of at least 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of at least 0, got {text!r}")
+    return value
+
+
+def _train_preset(args: argparse.Namespace, run: Path) -> str:
+    """The preset the run trains with. A resumed run keeps its own model's shape: --preset may name it, and is
+    refused when it names another (it used to be ignored without a word)."""
+    import json as _json
+
+    from engine.config import ModelConfig
+    from training.train import PRESETS, model_shape
+
+    if args.preset is not None and args.preset not in PRESETS:
+        raise UsageError(f"--preset must be one of {', '.join(PRESETS)}")
+    state_file = run / "train_state.json"
+    if not state_file.is_file():
+        return args.preset or "cpu"
+    saved = _json.loads(state_file.read_text()).get("config", {}).get("preset")
+    if args.preset is not None:
+        try:
+            have = model_shape(ModelConfig.from_dict(_json.loads((run / "config.json").read_text())))
+        except (OSError, ValueError, TypeError):
+            return args.preset  # a broken run directory: resuming it reports what is wrong
+        if have != model_shape(PRESETS[args.preset]):
+            shape = ", ".join(f"{k} {v}" for k, v in have.items())
+            raise UsageError(f"--preset {args.preset}: run {run} holds a model of another shape ({shape}) and a "
+                             "resumed run keeps its shape; drop --preset to resume it, or give a new --run to train "
+                             f"a {args.preset} model")
+        return args.preset
+    return saved if saved in PRESETS else "cpu"
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Build the corpus and tokenizer when missing, then train (or resume) a run."""
-    from training.train import PRESETS, TrainConfig, data_ready, train
+    from training.train import TrainConfig, data_ready, recover_run, train
 
-    if args.preset not in PRESETS:
-        raise UsageError(f"--preset must be one of {', '.join(PRESETS)}")
     if args.init_from and not Path(args.init_from, "config.json").is_file():
         raise UsageError(f"--init-from {args.init_from}: not a model directory (no config.json)")
     if args.save_dtype and args.save_dtype not in ("float32", "bfloat16", "float16"):
         raise UsageError("--save-dtype must be float32, bfloat16 or float16")
+    if args.decay_share is not None and not 0.0 < args.decay_share <= 1.0:
+        raise UsageError("--decay-share must be in (0, 1]")
     for option, value in (("--run", args.run), ("--data", args.data), ("--export", args.export)):
         if value and Path(value).exists() and not Path(value).is_dir():
             raise UsageError(f"{option} {value}: not a directory")
+    for option, value in [*(("--source", s) for s in args.source), ("--wheels", args.wheels)]:
+        if value and not Path(value).is_dir():
+            raise UsageError(f"{option} {value}: " + ("not a directory" if Path(value).exists() else
+                                                      "no such directory"))
+    run = Path(args.run)
+    recover_run(run)
+    preset = _train_preset(args, run)
     data = Path(args.data)
+    if args.source or args.wheels:
+        built = [p for p in ("corpus/train.jsonl", "train.npz", "valid.npz", "train.pack.npz", "valid.pack.npz")
+                 if (data / p).exists()]
+        if built:  # the corpus and token arrays are built once: sources given later would be ignored
+            raise UsageError(f"--data {data} is already built ({', '.join(built)}), so --source/--wheels would not "
+                             "be read; give a new --data directory to train on other sources")
     if not data_ready(data) or args.source or args.wheels:  # packed data (training/device_data.py) is ready as is
         from training.pipeline import prepare_data
 
@@ -206,18 +258,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         tokenizer = Path(args.init_from, "tokenizer.json") if args.init_from else None
         prepare_data(data, [Path(p) for p in args.source], Path(args.wheels) if args.wheels else None, args.vocab,
                      tokenizer)
-    if args.decay_share is not None and not 0.0 < args.decay_share <= 1.0:
-        raise UsageError("--decay-share must be in (0, 1]")
     extra = {"warmup_steps": args.warmup_steps, "decay_share": args.decay_share, "eval_every": args.eval_every,
              "checkpoint_minutes": args.checkpoint_minutes}
-    cfg = TrainConfig(preset=args.preset, batch_size=args.batch_size, lr=args.lr, minutes=args.minutes,
+    cfg = TrainConfig(preset=preset, batch_size=args.batch_size, lr=args.lr, minutes=args.minutes,
                       max_steps=args.max_steps, seed=args.seed, threads=args.threads, workers=args.workers,
                       compile=args.compile, log_seconds=args.log_seconds,
                       **{k: v for k, v in extra.items() if v is not None})
-    train(Path(args.run), data, cfg, args.device, init_from=Path(args.init_from) if args.init_from else None,
-          export_dir=Path(args.export) if args.export else None, shard_mb=args.shard_mb,
-          save_dtype=args.save_dtype)
-    return 0
+    state = train(run, data, cfg, args.device, init_from=Path(args.init_from) if args.init_from else None,
+                  export_dir=Path(args.export) if args.export else None, shard_mb=args.shard_mb,
+                  save_dtype=args.save_dtype)
+    return 130 if state.sessions and state.sessions[-1].get("interrupted") else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -242,33 +292,43 @@ def build_parser() -> argparse.ArgumentParser:
     f.set_defaults(func=cmd_fill)
 
     t = sub.add_parser("train", help="train or resume a model")
-    t.add_argument("--run", default="runs/codefill", help="run directory (resumed when it exists)")
-    t.add_argument("--data", default="data", help="corpus, tokenizer and token arrays (built when missing)")
-    t.add_argument("--source", action="append", default=[], help="extra source directory (repeatable)")
+    t.add_argument("--run", default="runs/codefill",
+                   help="run directory (resumed when it holds training state; Ctrl-C stops after the step in "
+                        "progress and saves it there)")
+    t.add_argument("--data", default="data",
+                   help="corpus, tokenizer and token arrays (built when missing, from the standard library, "
+                        "--wheels and --source; never rebuilt)")
+    t.add_argument("--source", action="append", default=[],
+                   help="extra source directory of .py files, beside the standard library (repeatable; only when "
+                        "--data is built)")
     t.add_argument("--wheels", default=None, help="directory of permissively licensed wheels to add")
-    t.add_argument("--vocab", type=int, default=8192)
-    t.add_argument("--preset", default="cpu")
-    t.add_argument("--batch-size", type=int, default=16)
-    t.add_argument("--lr", type=float, default=1.5e-3)
-    t.add_argument("--minutes", type=float, default=60.0)
-    t.add_argument("--max-steps", type=int, default=0)
+    t.add_argument("--vocab", type=positive_int, default=8192, help="tokenizer size when --data is built")
+    t.add_argument("--preset", default=None,
+                   help="model shape: cpu (6.84M parameters, the default), gpu (19.4M) or tiny (for smoke runs); "
+                        "a resumed run keeps its own")
+    t.add_argument("--batch-size", type=positive_int, default=16)
+    t.add_argument("--lr", type=positive_float, default=1.5e-3)
+    t.add_argument("--minutes", type=positive_float, default=60.0, help="wall-time budget of this session")
+    t.add_argument("--max-steps", type=non_negative_int, default=0,
+                   help="stop at this total step count (0: when --minutes is spent)")
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--threads", type=int, default=0)
-    t.add_argument("--device", default="auto")
+    t.add_argument("--threads", type=non_negative_int, default=0, help="torch CPU threads (0: torch's default)")
+    t.add_argument("--device", default="auto", help=DEVICE_HELP)
     t.add_argument("--init-from", default=None, metavar="DIR",
                    help="start from this model directory's weights with a fresh optimizer (when --run has no state)")
     t.add_argument("--export", default=None, metavar="DIR",
                    help="also write the model here (no optimizer state) at each checkpoint and at the end")
-    t.add_argument("--shard-mb", type=float, default=0.0, help="--export: weight shards of at most this many MiB")
+    t.add_argument("--shard-mb", type=non_negative_float, default=0.0,
+                   help="--export: weight shards of at most this many MiB")
     t.add_argument("--save-dtype", default=None, help="--export: cast the weights (bfloat16 halves them)")
-    t.add_argument("--workers", type=int, default=0, help="background processes drawing batches")
+    t.add_argument("--workers", type=non_negative_int, default=0, help="background processes drawing batches")
     t.add_argument("--compile", action="store_true", help="torch.compile the forward (eager if that fails)")
-    t.add_argument("--log-seconds", type=float, default=0.0, help="a progress line every N seconds")
-    t.add_argument("--warmup-steps", type=int, default=None)
+    t.add_argument("--log-seconds", type=non_negative_float, default=0.0, help="a progress line every N seconds")
+    t.add_argument("--warmup-steps", type=non_negative_int, default=None)
     t.add_argument("--decay-share", type=float, default=None,
                    help="last share of the time budget over which the learning rate decays linearly (default 0.2)")
-    t.add_argument("--eval-every", type=int, default=None, help="steps between validation losses")
-    t.add_argument("--checkpoint-minutes", type=float, default=None)
+    t.add_argument("--eval-every", type=positive_int, default=None, help="steps between validation losses")
+    t.add_argument("--checkpoint-minutes", type=positive_float, default=None)
     t.set_defaults(func=cmd_train)
 
     for name, module, helptext in [

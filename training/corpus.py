@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import io
 import json
 import multiprocessing
 import os
@@ -11,6 +12,7 @@ import re
 import sys
 import sysconfig
 import time
+import tokenize
 import zipfile
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
@@ -37,13 +39,17 @@ class Corpus:
     sources: list[dict[str, str]] = field(default_factory=list)  # name, license, files
 
     def save(self, out: Path) -> None:
-        """Write train.jsonl, valid.jsonl and sources.json under out."""
+        """Write valid.jsonl, sources.json and train.jsonl under out, each whole or not at all (a temporary file
+        renamed), train.jsonl last: its presence is what says the corpus is built (training.pipeline)."""
         out.mkdir(parents=True, exist_ok=True)
-        for split in ("train", "valid"):
-            with open(out / f"{split}.jsonl", "w") as f:
+        (out / "sources.json.tmp").write_text(json.dumps(self.sources, indent=1) + "\n")
+        os.replace(out / "sources.json.tmp", out / "sources.json")
+        for split in ("valid", "train"):
+            tmp = out / f"{split}.jsonl.tmp"
+            with open(tmp, "w") as f:
                 for text in getattr(self, split):
                     f.write(json.dumps({"text": text}) + "\n")
-        (out / "sources.json").write_text(json.dumps(self.sources, indent=1) + "\n")
+            os.replace(tmp, out / f"{split}.jsonl")
 
     @classmethod
     def load(cls, out: Path) -> "Corpus":
@@ -95,6 +101,23 @@ def keep_path(rel: str, suffixes: tuple[str, ...]) -> bool:
     return not any(m in rel for m in BENCHMARK_MARKERS)
 
 
+def decode_source(data: bytes) -> str | None:
+    """A source file's bytes as text: UTF-8 (a byte-order mark dropped), else the encoding its PEP 263 coding line
+    declares; None for a binary file (NUL bytes) or bytes that decode neither way. (Decoding with replacement
+    characters would put U+FFFD where a file's non-ASCII text was, and random bytes into the corpus.)"""
+    if b"\0" in data:
+        return None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        pass
+    try:
+        encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
+        return None if encoding.startswith("utf-8") else data.decode(encoding)
+    except (SyntaxError, LookupError, UnicodeDecodeError):
+        return None
+
+
 def good_text(text: str) -> bool:
     """Skip generated or data-like files: very long lines, or mostly non-code."""
     if not text.strip():
@@ -122,7 +145,8 @@ def _scored(text: str) -> tuple[str, str, bool]:
 
 def _read_scored(paths: list[str]) -> list[tuple[str, str, bool]]:
     """The files at paths, scored: the part of gathering that runs in worker processes."""
-    return [_scored(Path(path).read_text("utf-8", errors="replace")) for path in paths]
+    texts = (decode_source(Path(path).read_bytes()) for path in paths)
+    return [_scored(text) for text in texts if text is not None]
 
 
 def gather(roots: list[Path], suffixes: tuple[str, ...] = (".py",),
@@ -166,11 +190,14 @@ def gather(roots: list[Path], suffixes: tuple[str, ...] = (".py",),
             if n is not None:
                 corpus.sources.append({"name": name, "license": lic, "files": str(n)})
             continue
+        if not root.is_dir():
+            raise ValueError(f"{root}: no such directory")
         n = 0
         for path in sorted(root.rglob("*")):
             rel = str(path.relative_to(root))
             if path.is_file() and keep_path(rel, suffixes) and path.stat().st_size <= MAX_FILE_BYTES:
-                n += add(*_scored(path.read_text("utf-8", errors="replace")))
+                text = decode_source(path.read_bytes())
+                n += text is not None and add(*_scored(text))
         label = "Python standard library" if root == Path(sysconfig.get_paths()["stdlib"]) else root.name
         corpus.sources.append({"name": label, "license": "PSF" if "standard" in label else "see source", "files": str(n)})
     return corpus
@@ -185,9 +212,9 @@ def _read_archive(path: Path, suffixes: tuple[str, ...]) -> tuple[str, str, list
         return read_tarball(path)
     with zipfile.ZipFile(path) as zf:
         name, lic = wheel_license(zf)
-        texts = [zf.read(m).decode("utf-8", "replace") for m in zf.namelist()
+        texts = [decode_source(zf.read(m)) for m in zf.namelist()
                  if permissive(lic) and keep_path(m, suffixes) and zf.getinfo(m).file_size <= MAX_FILE_BYTES]
-    return name, lic, texts
+    return name, lic, [t for t in texts if t is not None]
 
 
 def installed_files(dist: importlib.metadata.Distribution, suffixes: tuple[str, ...],

@@ -49,8 +49,12 @@ class TokenArrays:
     spans: np.ndarray  # [M, 2] int64, global [start, end)
 
     def save(self, path: Path) -> None:
-        """Write one .npz."""
-        np.savez(path, tokens=self.tokens, doc_starts=self.doc_starts, spans=self.spans)
+        """Write one .npz, whole or not at all (a temporary file renamed: an interrupted write leaves no file that
+        training.pipeline would take for finished)."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp.npz")  # np.savez adds .npz to a name without it
+        np.savez(tmp, tokens=self.tokens, doc_starts=self.doc_starts, spans=self.spans)
+        os.replace(tmp, path)
 
     @classmethod
     def load(cls, path: Path) -> "TokenArrays":

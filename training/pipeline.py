@@ -12,6 +12,7 @@ copy that travels to a lent GPU.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import shutil
 import subprocess
@@ -20,7 +21,7 @@ from pathlib import Path
 
 from engine.tokenizer import CodeTokenizer
 from training.bpe import train_bpe
-from training.corpus import Corpus, default_roots, gather
+from training.corpus import MAX_FILE_BYTES, Corpus, default_roots, gather
 from training.dataset import tokenize_split
 
 TOKENIZER_SAMPLE_CHARS = 40_000_000  # the BPE is trained on a sample of files this large
@@ -45,12 +46,22 @@ def prepare_data(data: Path, sources: list[Path], wheel_dir: Path | None, vocab_
     if not (corpus_dir / "train.jsonl").exists():
         roots = default_roots(wheel_dir) + sources
         print(f"gathering sources from {len(roots)} roots", file=sys.stderr)
-        gather(roots).save(corpus_dir)
+        corpus = gather(roots)
+        # Each extra directory adds one entry to corpus.sources, last and in order: one that added nothing is a
+        # mistake to say now, not a corpus silently without it.
+        dirs_only = all(src.is_dir() for src in sources)  # a wheel given as a source may add no entry
+        for src, entry in zip(sources, corpus.sources[len(corpus.sources) - len(sources):]):
+            if dirs_only and entry["files"] == "0":
+                raise ValueError(f"--source {src}: no file of it made it into the corpus (it needs .py files outside "
+                                 "test directories that are text, not binary or undecodable, under "
+                                 f"{MAX_FILE_BYTES // 1000} kB and not already in the corpus)")
+        corpus.save(corpus_dir)
     corpus = Corpus.load(corpus_dir)
     print(f"corpus: {len(corpus.train)} training files, {len(corpus.valid)} validation files", file=sys.stderr)
     tok_path = data / "tokenizer.json"
     if not tok_path.exists() and tokenizer is not None:
-        shutil.copyfile(tokenizer, tok_path)
+        shutil.copyfile(tokenizer, tok_path.with_name("tokenizer.json.tmp"))
+        os.replace(tok_path.with_name("tokenizer.json.tmp"), tok_path)
     if not tok_path.exists():
         files = corpus.train[:]
         random.Random(0).shuffle(files)
@@ -60,7 +71,8 @@ def prepare_data(data: Path, sources: list[Path], wheel_dir: Path | None, vocab_
                 break
             sample.append(text)
             size += len(text)
-        train_bpe(sample, vocab_size, tok_path)
+        train_bpe(sample, vocab_size, tok_path.with_name("tokenizer.json.tmp"))
+        os.replace(tok_path.with_name("tokenizer.json.tmp"), tok_path)
     tok = CodeTokenizer.from_file(tok_path)
     for split in ("valid", "train"):
         out = data / f"{split}.npz"

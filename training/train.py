@@ -13,8 +13,12 @@ of every session so far). training/device_train.sh drives that.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -124,6 +128,11 @@ class _BatchStream(torch.utils.data.IterableDataset):
             yield b.ids, b.targets, b.weights
 
 
+def _ignore_sigint(_worker_id: int) -> None:
+    """A loader worker leaves Ctrl-C to the training process, which stops the workers itself after saving."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def batch_source(data: TokenArrays, cfg: TrainConfig, tok: CodeTokenizer, seed: int,
                  pin: bool) -> Iterator[Batch]:
     """Training batches: drawn in this process (cfg.workers 0, the exact stream of ExampleSampler(seed)) or by
@@ -134,14 +143,14 @@ def batch_source(data: TokenArrays, cfg: TrainConfig, tok: CodeTokenizer, seed: 
             yield sampler.batch(cfg.batch_size)
     loader = torch.utils.data.DataLoader(_BatchStream(data, cfg, tok, seed), batch_size=None,
                                          num_workers=cfg.workers, pin_memory=pin, prefetch_factor=4,
-                                         persistent_workers=False)
+                                         persistent_workers=False, worker_init_fn=_ignore_sigint)
     for ids, targets, weights in loader:
         yield Batch(ids, targets, weights)
 
 
 def lr_at(cfg: TrainConfig, step: int, progress: float) -> float:
     """Warmup, then constant, then a linear decay over the last decay_share of the budget (progress in [0, 1])."""
-    warm = min(1.0, (step + 1) / cfg.warmup_steps)
+    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
     start_decay = 1.0 - cfg.decay_share
     if progress <= start_decay:
         return cfg.lr * warm
@@ -182,11 +191,74 @@ def save_state(run: Path, model: DiffusionLM, opt: torch.optim.Optimizer, state:
         if (run / extra).exists():
             shutil.copy(run / extra, tmp / extra)
     old = run.with_name(run.name + ".old")
+    if old.exists() and run.exists():  # left by a save cut short after its last rename: run is the newer copy
+        shutil.rmtree(old)
     if run.exists():
         run.rename(old)
     tmp.rename(run)
     if old.exists():
         shutil.rmtree(old)
+
+
+def recover_run(run: Path) -> bool:
+    """Put back the last saved state when a save was cut short between its two renames (run missing, run.old
+    holding the state): resuming must not silently start over. Returns whether it did."""
+    old = run.with_name(run.name + ".old")
+    if run.exists() or not (old / "train_state.json").is_file():
+        return False
+    old.rename(run)
+    print(f"note: {run} restored from {old} (a save was cut short)", file=sys.stderr)
+    return True
+
+
+def model_shape(cfg: ModelConfig) -> dict[str, int]:
+    """What a preset fixes about a model (everything but the vocabulary)."""
+    return {k: getattr(cfg, k) for k in ("hidden_size", "num_layers", "num_heads", "num_kv_heads",
+                                         "intermediate_size")}
+
+
+def check_output_dir(path: Path, what: str) -> None:
+    """Raise ValueError now, before any training, when path (a directory train() replaces whole when it saves)
+    cannot be written there: a file in the way, or a parent that cannot be created or written."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{what} {path}: not a directory")
+    above = next((p for p in path.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise ValueError(f"{what} {path}: {above} is not a directory")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.mkdtemp(prefix=f".{path.name}.probe-", dir=path.parent)
+        os.rmdir(probe)
+    except OSError as exc:
+        raise ValueError(f"{what} {path}: cannot write beside it in {path.parent} "
+                         f"({exc.strerror or exc})") from None
+
+
+class _StopRequest:
+    """Ctrl-C (SIGINT) or SIGTERM during training: the first asks the loop to stop after the step in progress
+    and save; a second one interrupts at once (KeyboardInterrupt), saving nothing more."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+        self.saved: dict[int, object] = {}
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+        print(f"\n{self.signal}: stopping after this step and saving (again to stop at once, unsaved)",
+              file=sys.stderr, flush=True)
+
+    def __enter__(self) -> "_StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.saved[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.saved.items():
+            signal.signal(sig, handler)  # type: ignore[arg-type]
 
 
 def load_state(run: Path, model: DiffusionLM, opt: torch.optim.Optimizer) -> TrainState:
@@ -301,16 +373,37 @@ def train(run: Path, data_dir: Path, cfg: TrainConfig, device_name: str = "auto"
     gives the starting weights (with a fresh optimizer and the counters of its training.json, if any); else the
     model starts from scratch with cfg.preset's shape. export_dir, when given, receives the model as a small
     directory at every checkpoint and at the end (see export_model).
+
+    Ctrl-C (SIGINT) or SIGTERM stops the run after the step in progress and saves it as at the end (the last
+    session then records "interrupted"); a second one stops at once without saving. A run directory that exists
+    without training state is refused rather than replaced.
     """
-    device = torch.device("cuda" if device_name == "auto" and torch.cuda.is_available() else
-                          ("cpu" if device_name == "auto" else device_name))
+    from engine.runner import pick_device
+
+    device = pick_device(device_name)
+    run = Path(run)
+    recover_run(run)
+    resuming = (run / "train_state.json").exists()
+    if not resuming and run.is_dir() and any(run.iterdir()):
+        raise ValueError(f"run directory {run} exists but holds no training state (train_state.json), so there is "
+                         "nothing to resume and saving would replace what is there: give a new run directory"
+                         + (" (or start from the model there with --init-from)" if (run / "config.json").exists()
+                            else ""))
+    check_output_dir(run, "run directory")
+    if export_dir is not None:
+        check_output_dir(Path(export_dir), "export directory")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     tokenizer_path = data_dir / "tokenizer.json"
     tok = CodeTokenizer.from_file(tokenizer_path)
-    if (run / "train_state.json").exists():
-        model = load_model(run, device=str(device), dtype=torch.float32)[0].train()
+    if resuming:
+        model, run_tok = load_model(run, device=str(device), dtype=torch.float32)
+        model.train()
+        if (run_tok.tok.get_vocab() != tok.tok.get_vocab() or run_tok.mask_id != tok.mask_id
+                or run_tok.end_id != tok.end_id):
+            raise ValueError(f"{data_dir}: its tokenizer.json is not the one run {run} was trained with; resuming on "
+                             "this data would scramble the model (give the run's own data, or a new run)")
         opt = make_optimizer(model, cfg)
         state = load_state(run, model, opt)
         print(f"resuming {run} at step {state.step}, {state.tokens_seen / 1e6:.1f}M tokens seen", file=sys.stderr)
@@ -366,85 +459,90 @@ def train(run: Path, data_dir: Path, cfg: TrainConfig, device_name: str = "auto"
     def snapshot() -> TrainState:
         return TrainState(**{**asdict(state), "sessions": [*state.sessions, session_so_far()]})
 
-    while True:
-        elapsed = time.time() - t0
-        if elapsed >= budget or (cfg.max_steps and state.step >= cfg.max_steps):
-            break
-        progress = elapsed / budget if not cfg.max_steps else state.step / cfg.max_steps
-        lr = lr_at(cfg, state.step - session["start_step"], progress)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        batch = next(batches)
-        if fwd is not model and "compiled" not in session:
-            try:  # the first compiled step: fall back to eager if compiling fails
+    with _StopRequest() as stop:  # Ctrl-C: stop after this step, then save as at the end
+        while True:
+            elapsed = time.time() - t0
+            if stop.signal or elapsed >= budget or (cfg.max_steps and state.step >= cfg.max_steps):
+                break
+            progress = elapsed / budget if not cfg.max_steps else state.step / cfg.max_steps
+            lr = lr_at(cfg, state.step - session["start_step"], progress)
+            for g in opt.param_groups:
+                g["lr"] = lr
+            batch = next(batches)
+            if fwd is not model and "compiled" not in session:
+                try:  # the first compiled step: fall back to eager if compiling fails
+                    loss = masked_loss(fwd, batch, device, autocast)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    session["compiled"] = True
+                except Exception as exc:  # noqa: BLE001 - any compiler failure
+                    print(f"\ntorch.compile failed ({type(exc).__name__}: {str(exc)[:300]}); training eagerly",
+                          file=sys.stderr, flush=True)
+                    fwd = model
+                    session["compiled"] = False
+                    loss = masked_loss(fwd, batch, device, autocast)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+            else:
                 loss = masked_loss(fwd, batch, device, autocast)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                session["compiled"] = True
-            except Exception as exc:  # noqa: BLE001 - any compiler failure
-                print(f"\ntorch.compile failed ({type(exc).__name__}: {str(exc)[:300]}); training eagerly",
-                      file=sys.stderr, flush=True)
-                fwd = model
-                session["compiled"] = False
-                loss = masked_loss(fwd, batch, device, autocast)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-        else:
-            loss = masked_loss(fwd, batch, device, autocast)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-        if "first_loss" not in session:
-            session["first_loss"] = round(loss.item(), 6)
-            print(f"first step loss {session['first_loss']:.4f}", file=sys.stderr, flush=True)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        state.step += 1
-        ntok = batch.ids.numel()
-        state.tokens_seen += ntok
-        tok_window += ntok
-        now = time.time()
-        if cfg.log_seconds > 0:
-            if now - t_window >= cfg.log_seconds:
+            if "first_loss" not in session:
+                session["first_loss"] = round(loss.item(), 6)
+                print(f"first step loss {session['first_loss']:.4f}", file=sys.stderr, flush=True)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            state.step += 1
+            ntok = batch.ids.numel()
+            state.tokens_seen += ntok
+            tok_window += ntok
+            now = time.time()
+            if cfg.log_seconds > 0:
+                if now - t_window >= cfg.log_seconds:
+                    rate = tok_window / max(now - t_window, 1e-6)
+                    rates.append(rate)
+                    tok_window, t_window = 0, now
+                    session["last_loss"] = round(loss.item(), 4)
+                    print(f"step {state.step} loss {session['last_loss']:.3f} lr {lr:.2e} {rate:,.0f} tok/s "
+                          f"{state.tokens_seen / 1e6:.1f}M tokens elapsed {fmt_time(now - t0)} "
+                          f"left {fmt_time(budget - (now - t0))}", file=sys.stderr, flush=True)
+            elif state.step % 10 == 0:
                 rate = tok_window / max(now - t_window, 1e-6)
                 rates.append(rate)
                 tok_window, t_window = 0, now
-                session["last_loss"] = round(loss.item(), 4)
-                print(f"step {state.step} loss {session['last_loss']:.3f} lr {lr:.2e} {rate:,.0f} tok/s "
-                      f"{state.tokens_seen / 1e6:.1f}M tokens elapsed {fmt_time(now - t0)} "
-                      f"left {fmt_time(budget - (now - t0))}", file=sys.stderr, flush=True)
-        elif state.step % 10 == 0:
-            rate = tok_window / max(now - t_window, 1e-6)
-            rates.append(rate)
-            tok_window, t_window = 0, now
-            left = budget - (now - t0)
-            print(f"\rstep {state.step} loss {loss.item():.3f} lr {lr:.2e} {rate:,.0f} tok/s "
-                  f"{state.tokens_seen / 1e6:.1f}M tokens elapsed {fmt_time(now - t0)} left {fmt_time(left)}",
-                  end="", file=sys.stderr, flush=True)
-        if state.step % cfg.eval_every == 0:
-            vl = validation_loss(model, vbatches, device, autocast)
-            state.history.append({"step": state.step, "tokens": state.tokens_seen, "valid_loss": round(vl, 4)})
-            nl = "" if cfg.log_seconds > 0 else "\n"  # the \r progress line needs ending first
-            print(f"{nl}valid loss {vl:.4f} at step {state.step}", file=sys.stderr, flush=True)
-        if time.time() - last_ckpt > cfg.checkpoint_minutes * 60:
-            state.seconds += time.time() - last_ckpt
-            last_ckpt = time.time()
-            save_state(run, model, opt, state, cfg, tokenizer_path)
-            if export_dir is not None:
-                export_model(model, tokenizer_path, export_dir, snapshot(), cfg, shard_mb, save_dtype)
-    state.seconds += time.time() - last_ckpt
-    batches.close()  # stops the loader's worker processes, if any
-    vl = validation_loss(model, vbatches, device, autocast)
-    session.update(session_so_far())
-    session.update(minutes=round((time.time() - t0) / 60, 1), valid_loss=round(vl, 4))
-    if state.step > session["start_step"]:
-        session["last_loss"] = round(loss.item(), 4)
-    state.sessions.append(session)
-    state.history.append({"step": state.step, "tokens": state.tokens_seen, "valid_loss": round(vl, 4)})
-    save_state(run, model, opt, state, cfg, tokenizer_path)
-    if export_dir is not None:
-        export_model(model, tokenizer_path, export_dir, state, cfg, shard_mb, save_dtype)
-    nl = "" if cfg.log_seconds > 0 else "\n"
-    print(f"{nl}done: step {state.step}, {state.tokens_seen / 1e6:.1f}M tokens, valid loss {vl:.4f}", file=sys.stderr)
+                left = budget - (now - t0)
+                print(f"\rstep {state.step} loss {loss.item():.3f} lr {lr:.2e} {rate:,.0f} tok/s "
+                      f"{state.tokens_seen / 1e6:.1f}M tokens elapsed {fmt_time(now - t0)} left {fmt_time(left)}",
+                      end="", file=sys.stderr, flush=True)
+            if state.step % cfg.eval_every == 0:
+                vl = validation_loss(model, vbatches, device, autocast)
+                state.history.append({"step": state.step, "tokens": state.tokens_seen, "valid_loss": round(vl, 4)})
+                nl = "" if cfg.log_seconds > 0 else "\n"  # the \r progress line needs ending first
+                print(f"{nl}valid loss {vl:.4f} at step {state.step}", file=sys.stderr, flush=True)
+            if time.time() - last_ckpt > cfg.checkpoint_minutes * 60:
+                state.seconds += time.time() - last_ckpt
+                last_ckpt = time.time()
+                save_state(run, model, opt, state, cfg, tokenizer_path)
+                if export_dir is not None:
+                    export_model(model, tokenizer_path, export_dir, snapshot(), cfg, shard_mb, save_dtype)
+        state.seconds += time.time() - last_ckpt
+        batches.close()  # stops the loader's worker processes, if any
+        vl = validation_loss(model, vbatches, device, autocast)
+        session.update(session_so_far())
+        session.update(minutes=round((time.time() - t0) / 60, 1), valid_loss=round(vl, 4))
+        if state.step > session["start_step"]:
+            session["last_loss"] = round(loss.item(), 4)
+        if stop.signal:
+            session["interrupted"] = stop.signal
+        state.sessions.append(session)
+        state.history.append({"step": state.step, "tokens": state.tokens_seen, "valid_loss": round(vl, 4)})
+        save_state(run, model, opt, state, cfg, tokenizer_path)
+        if export_dir is not None:
+            export_model(model, tokenizer_path, export_dir, state, cfg, shard_mb, save_dtype)
+    nl = "" if cfg.log_seconds > 0 or stop.signal else "\n"
+    what = f"interrupted ({stop.signal}), saved" if stop.signal else "done"
+    print(f"{nl}{what}: step {state.step}, {state.tokens_seen / 1e6:.1f}M tokens, valid loss {vl:.4f} in {run}"
+          + (" (the same command resumes it)" if stop.signal else ""), file=sys.stderr)
     return state
 
 
@@ -452,7 +550,6 @@ def hardware_name(device: torch.device) -> str:
     """A short description of where training ran."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    import os
     import platform
 
     return f"{platform.processor() or platform.machine()} CPU, {os.cpu_count()} cores"
