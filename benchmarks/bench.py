@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from engine.cli import non_negative_int, positive_int
+from engine.cli import non_negative_int, output_file, positive_int
 
 
 def _ints(text: str) -> list[int]:
@@ -82,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="set OMP_WAIT_POLICY=PASSIVE before torch loads (on a busy CPU, spinning OpenMP threads "
                         "make every op wait for a descheduled thread)")
     e.add_argument("--max-minutes", type=float, default=0.0, help="skip what is left after this long")
-    e.add_argument("--out", type=Path, default=None, help="write results as JSON here")
-    e.add_argument("--plot", type=Path, default=None, help="write a PNG plot here")
+    e.add_argument("--out", type=output_file, default=None, help="write results as JSON here")
+    e.add_argument("--plot", type=output_file, default=None, help="write a PNG plot here")
     e.add_argument("--smoke", action="store_true", help="a tiny random model and a few short runs")
 
     s = sub.add_parser("lsp", help="request-to-answer latency through the language server over stdio")
@@ -94,8 +94,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reps", type=positive_int, default=10)
     s.add_argument("--warmup", type=non_negative_int, default=2)
     s.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the server to load")
-    s.add_argument("--out", type=Path, default=None)
-    s.add_argument("--plot", type=Path, default=None)
+    s.add_argument("--out", type=output_file, default=None, help="write results as JSON here")
+    s.add_argument("--plot", type=output_file, default=None, help="write a PNG plot here")
     s.add_argument("--omp-passive", action="store_true", help="start the server with OMP_WAIT_POLICY=PASSIVE")
     s.add_argument("--smoke", action="store_true")
 

@@ -56,10 +56,7 @@ def plot_engine(result: dict[str, Any], out: Path) -> Path:
     fig.suptitle(f"codefill bench engine: {model.get('weights', '?')}\n{where}; torch {hw.get('torch', '?')}; "
                  f"load average {(hw.get('load_average') or ['?'])[0]}", fontsize=9)
     fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, out)
 
 
 def plot_lsp(result: dict[str, Any], out: Path) -> Path:
@@ -80,9 +77,7 @@ def plot_lsp(result: dict[str, Any], out: Path) -> Path:
     ax.set_title("codefill bench lsp: textDocument/inlineCompletion", fontsize=9)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return Path(out)
+    return _save(fig, out)
 
 
 def plot_device(result: dict[str, Any], out: Path) -> Path:
@@ -112,6 +107,15 @@ def plot_device(result: dict[str, Any], out: Path) -> Path:
     fig.suptitle(f"codefill bench device: {hw.get('gpu') or hw.get('cpu', '')}, torch {hw.get('torch', '')}",
                  fontsize=9)
     fig.tight_layout()
+    return _save(fig, out)
+
+
+def _save(fig: Any, out: Path) -> Path:
+    """Write the figure as a PNG (making the folders above it) and free it."""
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)
-    return Path(out)
+    return out

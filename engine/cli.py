@@ -8,8 +8,9 @@ import json
 import os
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import IO, Callable
 
 from lsp_server.positions import line_starts
 
@@ -52,6 +53,29 @@ def positive_float(text: str) -> float:
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a number above 0, got {text!r}")
     return value
+
+
+def output_file(text: str) -> Path:
+    """An argparse type: a file that results will be written to, checked before any work (a long run must not end
+    in "No such file or directory"). Missing folders above it are fine: they are made when it is written."""
+    path = Path(text)
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a file name")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory, not a file")
+    above = next((p for p in path.absolute().parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: {above} is not a directory")
+    writable = os.access(path, os.W_OK) if path.exists() else above is not None and os.access(above, os.W_OK | os.X_OK)
+    if not writable:
+        raise argparse.ArgumentTypeError(f"{text}: no permission to write " + ("it" if path.exists() else f"in {above}"))
+    return path
+
+
+def open_output(path: Path) -> IO[str]:
+    """Open an output_file for writing, making the folders above it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return open(path, "w", encoding="utf-8")
 
 
 def package_version() -> str:
@@ -125,41 +149,91 @@ def offset_of(text: str, line: int, col: int, what: str) -> int:
     return start + col - 1
 
 
-def read_source(path: Path) -> str:
-    """A source file as text; UsageError when it is missing or not UTF-8. A UTF-8 byte-order mark is dropped: it is
-    not part of the code (nor a column of line 1), and offsets count from the character after it."""
+STDIN = "-"  # FILE in FILE:LINE:COL: read the code from standard input
+
+
+@dataclass
+class Source:
+    """The code a fill is asked for, as read."""
+
+    text: str  # after a UTF-8 byte-order mark, which is not part of the code (nor a column of line 1)
+    bom: bool  # the bytes began with that mark (written back by --write and --whole)
+    name: str  # for messages: the path, or "standard input"
+
+
+def read_source(path: Path) -> Source:
+    """A source file (or standard input, for "-") as text; UsageError when it is missing or not UTF-8."""
+    name = "standard input" if str(path) == STDIN else str(path)
     try:
-        data = path.read_bytes()
+        data = sys.stdin.buffer.read() if str(path) == STDIN else path.read_bytes()
     except FileNotFoundError:
         raise UsageError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise UsageError(f"{path}: is a directory") from None
     except OSError as exc:
-        raise UsageError(f"{path}: cannot read ({exc.strerror})") from None
-    skip = len(codecs.BOM_UTF8) if data.startswith(codecs.BOM_UTF8) else 0  # "utf-8-sig", with file byte offsets
+        raise UsageError(f"{name}: cannot read ({exc.strerror})") from None
+    bom = data.startswith(codecs.BOM_UTF8)
+    skip = len(codecs.BOM_UTF8) if bom else 0  # "utf-8-sig", with file byte offsets
     try:
-        return data[skip:].decode("utf-8")
+        return Source(data[skip:].decode("utf-8"), bom, name)
     except UnicodeDecodeError as exc:
-        raise UsageError(f"{path}: not UTF-8 text (byte {skip + exc.start})") from None
+        raise UsageError(f"{name}: not UTF-8 text (byte {skip + exc.start})") from None
+
+
+def write_back(path: Path, source: Source, text: str) -> None:
+    """Replace the file with text, whole or not at all (a temporary file beside it, renamed over it; its mode kept,
+    and a symbolic link's target rewritten rather than the link). Refused when the file no longer holds what the
+    fill was made from (an editor saved it meanwhile): that would lose the newer text."""
+    import shutil
+    import tempfile
+
+    target = path.resolve()
+    bom = codecs.BOM_UTF8 if source.bom else b""
+    try:
+        if target.read_bytes() != bom + source.text.encode("utf-8"):
+            raise UsageError(f"{path}: changed while the fill was made; not written (the fill is printed)")
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read it back ({exc.strerror or exc}); not written") from None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".codefill", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(bom + text.encode("utf-8"))
+            shutil.copymode(target, tmp)
+            os.replace(tmp, target)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot write the fill back ({exc.strerror or exc}); the file is unchanged (the fill is printed)") from None
 
 
 def cmd_fill(args: argparse.Namespace) -> int:
-    """Print the fill for the hole at FILE:LINE:COL (or the range up to --to)."""
+    """Print the fill for the hole at FILE:LINE:COL (or the range up to --to); --write applies it to FILE, --whole
+    prints the whole text with it."""
     from engine.api import Engine
     from engine.model_dir import language_note
     from lsp_server.completion import complete_at
     from lsp_server.languages import LANGUAGE_IDS, spec_for
 
     path, line, col = parse_location(args.location)
-    text = read_source(path)
-    start = offset_of(text, line, col, args.location)
+    stdin = str(path) == STDIN
+    if args.write and stdin:
+        raise UsageError("--write rewrites a FILE: with - (standard input), --whole prints the filled text instead")
+    if args.whole and (args.write or args.json):
+        raise UsageError(f"--whole and --{'write' if args.write else 'json'}: choose one (--whole prints the filled "
+                         "text, --write rewrites FILE, --json describes the fill)")
+    source = read_source(path)
+    text = source.text
+    where = args.location.replace(f"{STDIN}:", "<stdin>:", 1) if stdin else args.location
+    start = offset_of(text, line, col, where)
     end = None
     if args.to:
         tl, tc = parse_line_col(args.to)
         end = offset_of(text, tl, tc, f"--to {args.to}")
         if end < start:
             raise UsageError(f"--to {args.to} is before {line}:{col}")
-    language = args.language or EXTENSION_LANGUAGES.get(path.suffix.lower())
+    language = args.language or (None if stdin else EXTENSION_LANGUAGES.get(path.suffix.lower()))
     settings = {"steps": args.steps} if args.steps else {}
     engine = Engine.from_pretrained(args.model, device=args.device, dtype=args.dtype, **settings)
     spec = spec_for(language)
@@ -167,22 +241,30 @@ def cmd_fill(args: argparse.Namespace) -> int:
     if args.language and spec is None:
         note = (f"no grammar for --language {args.language!r} (known: {', '.join(sorted(LANGUAGE_IDS))}): the hole "
                 "is found by indentation and the fill is not syntax-checked")
+    elif stdin and not args.language:
+        note = ("standard input has no file extension to tell its language: give --language ID for its grammar "
+                "(without one the hole is found by indentation and the fill is not syntax-checked)")
     if note:
         print(f"codefill: note: {note}", file=sys.stderr)
     result = complete_at(engine, text, start, language, selection_end=end, max_tokens=args.max_tokens)
+    filled = text[: result.hole.start] + result.insert_text + text[result.hole.end :] if result else text
     if args.json:  # the JSON either way; the exit status says whether there is a fill, as without --json
-        print(json.dumps(result.to_json(), indent=1))
-        return 0 if result else 1
-    if result:
-        sys.stdout.write(result.insert_text)
-        if not result.insert_text.endswith("\n"):
-            sys.stdout.write("\n")
-    else:  # nothing survived post-processing: say what the model proposed, on stderr
+        print(json.dumps(result.to_json(), indent=1), flush=True)
+    elif args.whole:  # a filter (an editor's "replace the buffer with this"): the text, unchanged without a fill
+        sys.stdout.flush()
+        sys.stdout.buffer.write((codecs.BOM_UTF8 if source.bom else b"") + filled.encode("utf-8"))
+        sys.stdout.buffer.flush()
+    elif result:
+        sys.stdout.write(result.insert_text if result.insert_text.endswith("\n") else result.insert_text + "\n")
+        sys.stdout.flush()
+    if result and args.write:  # after printing: a fill that cannot be written back is not lost
+        write_back(path, source, filled)
+    if not result and not args.json:  # nothing survived post-processing: say what the model proposed, on stderr
         raw = ", ".join(repr(r) for r in result.raw) or "nothing"
         print(f"codefill: no fill for this {result.hole.kind} hole (the model proposed {raw}; it repeated the "
-              "code after the hole or made the file parse worse)", file=sys.stderr)
-        return 1
-    return 0
+              "code after the hole or made the file parse worse)" + ("; the file is unchanged" if args.write else ""),
+              file=sys.stderr)
+    return 0 if result else 1
 
 
 def non_negative_float(text: str) -> float:
@@ -277,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     f = sub.add_parser("fill", help="print the fill for the hole at FILE:LINE:COL (1-based)")
-    f.add_argument("location", metavar="FILE:LINE:COL")
+    f.add_argument("location", metavar="FILE:LINE:COL", help="FILE - reads the code from standard input")
     f.add_argument("--to", metavar="LINE:COL", help="fill the range from FILE:LINE:COL up to here instead")
     f.add_argument("--max-tokens", type=positive_int, default=None,
                    help="token budget (default: from the hole's kind)")
@@ -289,6 +371,11 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--language", default=None, help="language id (default: from the file extension)")
     f.add_argument("--json", action="store_true",
                    help="print the fill, its range (character offsets) and timings as JSON; exit 1 when no fill")
+    f.add_argument("--write", action="store_true",
+                   help="also apply the fill to FILE (rewritten whole; left unchanged when there is no fill)")
+    f.add_argument("--whole", action="store_true",
+                   help="print the whole text with the fill in place instead of the fill alone (a filter: "
+                        "`codefill fill -:LINE:COL --language ID --whole` reads standard input)")
     f.set_defaults(func=cmd_fill)
 
     t = sub.add_parser("train", help="train or resume a model")
@@ -344,6 +431,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `codefill`."""
     argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["fill"] and "--" not in argv:  # -:LINE:COL (standard input) would read as an option to argparse
+        stdin = [a for a in argv if re.fullmatch(re.escape(STDIN) + r":[0-9]+:[0-9]+", a)]
+        argv = [a for a in argv if a not in stdin] + (["--", *stdin] if stdin else [])
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     try:

@@ -42,6 +42,23 @@ def test_numbers_out_of_range_are_usage_errors(capsys, argv, option):  # type: i
     assert "Traceback" not in err and "must not be negative" not in err
 
 
+@pytest.mark.parametrize("argv, option", [
+    (["eval", "--out", "{dir}"], "--out"),
+    (["eval", "--summary-json", "{file}/x.json"], "--summary-json"),
+    (["eval", "--out", "{file}/deeper/x.jsonl"], "--out"),
+    (["bench", "engine", "--out", "{dir}"], "--out"),
+    (["bench", "engine", "--plot", "{file}/plot.png"], "--plot"),
+    (["bench", "lsp", "--out", "{file}/lsp.json"], "--out"),
+])
+def test_output_files_that_cannot_be_written_are_usage_errors(tmp_path, capsys, argv,  # type: ignore[no-untyped-def]
+                                                              option):
+    """Refused before any model loads or any task runs: a long run must not end in "No such file or directory"."""
+    (tmp_path / "file").write_text("")
+    err = _usage_error(capsys, cli.main, [a.format(dir=tmp_path, file=tmp_path / "file") for a in argv])
+    assert f"argument {option}: " in err and "Traceback" not in err
+    assert "is a directory" in err or "is not a directory" in err
+
+
 def test_version(capsys):  # type: ignore[no-untyped-def]
     from lsp_server.cli import build_parser
 

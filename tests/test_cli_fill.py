@@ -133,7 +133,7 @@ def test_line_and_character_counts_read_right():
 def test_a_byte_order_mark_is_not_text(tmp_path):
     """A UTF-8 BOM is dropped: not a column of line 1, not in what the model reads; byte offsets stay the file's."""
     (tmp_path / "bom.py").write_bytes(b"\xef\xbb\xbfx = 1\n")
-    assert read_source(tmp_path / "bom.py") == "x = 1\n"
+    assert read_source(tmp_path / "bom.py").text == "x = 1\n" and read_source(tmp_path / "bom.py").bom
     (tmp_path / "bad.py").write_bytes(b"\xef\xbb\xbfx = '\xff'\n")
     with pytest.raises(UsageError, match="byte 8"):
         read_source(tmp_path / "bad.py")
@@ -197,3 +197,108 @@ def test_crlf_and_bom_offsets_in_json(tmp_path, scripted, capsys):
     data = json.loads(out)
     assert data["start"] == 4 and data["insert_text"] == "1"
     assert engine.asked and not any("\ufeff" in prefix for prefix, _ in engine.asked)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# --write, --whole and standard input
+
+
+def _stdin(monkeypatch, data: bytes) -> None:  # type: ignore[no-untyped-def]
+    import io
+
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"))
+
+
+def test_write_applies_the_fill_keeping_bom_line_breaks_and_mode(tmp_path, scripted, capsys):
+    path = tmp_path / "a.py"
+    path.write_bytes(b"\xef\xbb\xbfdef f():\r\n    x = \r\n    return x\r\n")
+    path.chmod(0o640)
+    status, out, err, _ = scripted(capsys, "41", f"{path}:2:9", "--write")
+    assert status == 0 and out == "41\n" and err == ""  # the fill is still printed
+    assert path.read_bytes() == b"\xef\xbb\xbfdef f():\r\n    x = 41\r\n    return x\r\n"
+    assert path.stat().st_mode & 0o777 == 0o640
+    assert [p.name for p in tmp_path.iterdir()] == ["a.py"]  # no temporary file left beside it
+
+
+def test_write_through_a_link_rewrites_its_target(tmp_path, scripted, capsys):
+    (tmp_path / "real.py").write_text("x = \n")
+    (tmp_path / "link.py").symlink_to("real.py")
+    status, _, _, _ = scripted(capsys, "1", f"{tmp_path / 'link.py'}:1:5", "--write")
+    assert status == 0 and (tmp_path / "link.py").is_symlink()
+    assert (tmp_path / "real.py").read_text() == "x = 1\n"
+
+
+def test_write_without_a_fill_leaves_the_file_alone(tmp_path, scripted, capsys):
+    path = tmp_path / "a.py"
+    path.write_text("x = \n")
+    status, out, err, _ = scripted(capsys, "", f"{path}:1:5", "--write")
+    assert status == 1 and out == "" and "the file is unchanged" in err
+    assert path.read_text() == "x = \n"
+
+
+def test_write_refuses_a_file_that_changed_meanwhile(tmp_path, scripted, capsys, monkeypatch):
+    """An editor saved the file while the model worked: writing would lose that; the fill is printed instead."""
+    path = tmp_path / "a.py"
+    path.write_text("x = \n")
+    real_complete = __import__("lsp_server.completion", fromlist=["complete_at"]).complete_at
+
+    def saved_meanwhile(*args, **kwargs):  # type: ignore[no-untyped-def]
+        result = real_complete(*args, **kwargs)
+        path.write_text("x = 2  # typed meanwhile\n")
+        return result
+
+    monkeypatch.setattr("lsp_server.completion.complete_at", saved_meanwhile)
+    status, out, err, _ = scripted(capsys, "1", f"{path}:1:5", "--write")
+    assert status == 2 and out == "1\n" and "changed while the fill was made; not written" in err
+    assert path.read_text() == "x = 2  # typed meanwhile\n"
+
+
+def test_standard_input_with_whole_is_a_filter(scripted, capsys, monkeypatch):
+    """`codefill fill -:LINE:COL --language ID --whole`: the text in, the text with the fill out (an editor's
+    filter command); without a fill the text comes out unchanged, so a filter never empties a buffer."""
+    _stdin(monkeypatch, b"def f():\n    x = \n    return x\n")
+    status, out, err, engine = scripted(capsys, "41", "-:2:9", "--language", "python", "--whole")
+    assert status == 0 and out == "def f():\n    x = 41\n    return x\n" and err == ""
+    assert engine.asked[0][0].endswith("x = ")
+    _stdin(monkeypatch, b"\xef\xbb\xbfx = \n")
+    status, out, err, _ = scripted(capsys, "", "-:1:5", "--whole")
+    assert status == 1 and out == "\ufeffx = \n"
+    assert "give --language ID" in err and "no fill for this" in err
+
+
+def test_standard_input_errors_name_it(scripted, capsys, monkeypatch):
+    _stdin(monkeypatch, b"x = '\xff'\n")
+    status, _, err, _ = scripted(capsys, "1", "-:1:1", "--language", "python")
+    assert status == 2 and "standard input: not UTF-8 text (byte 5)" in err
+    _stdin(monkeypatch, b"x = 1\n")
+    status, _, err, _ = scripted(capsys, "1", "-:3:1")
+    assert status == 2 and "<stdin>:3:1: line 3 is past the end of the file (1 line)" in err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["-:1:1", "--write"], "--write rewrites a FILE"),
+    (["a.py:1:1", "--whole", "--write"], "--whole and --write: choose one"),
+    (["a.py:1:1", "--whole", "--json"], "--whole and --json: choose one"),
+])
+def test_conflicting_output_options(tmp_path, scripted, capsys, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.py").write_text("x = 1\n")
+    status, out, err, engine = scripted(capsys, "1", *args)
+    assert status == 2 and message in err and out == "" and not engine.asked
+    assert (tmp_path / "a.py").read_text() == "x = 1\n"
+
+
+def test_the_real_model_fills_standard_input():
+    """The real command and model, as a pipe: the example file through standard input, the whole text back."""
+    if not (MODELS_DIR / BUILTIN_MODEL / "config.json").exists():
+        pytest.skip("no built-in model")
+    text = (REPO / "examples" / "inventory.py").read_text(encoding="utf-8")
+    run = subprocess.run([sys.executable, "-m", "engine.cli", "fill", "-:8:1", "--language", "python", "--whole"],
+                         cwd=REPO, input=text, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    lines = text.split("\n")
+    assert run.stdout.split("\n")[:7] == lines[:7] and run.stdout.endswith("\n".join(lines[8:]))
+    assert len(run.stdout) > len(text)
+    spec = languages.spec_for("python")
+    assert spec is not None and languages.count_syntax_errors(spec, run.stdout) == 0
+

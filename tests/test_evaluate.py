@@ -208,7 +208,7 @@ def test_budget_never_comes_from_the_reference() -> None:
 def test_main_end_to_end(tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import torch
 
-    out, summary = tmp_path / "results.jsonl", tmp_path / "summary.json"
+    out, summary = tmp_path / "results.jsonl", tmp_path / "new" / "folder" / "summary.json"  # folders are made
     threads = torch.get_num_threads()
     try:  # one thread: on a busy CPU, torch's threads wait on each other (a fill takes 20x longer)
         rc = main(["--model", str(tiny_model_dir), "--device", "cpu", "--threads", "1", "--steps", "4",

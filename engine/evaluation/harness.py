@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from engine.cli import DEVICE_HELP, DTYPE_HELP, int_at_least, non_negative_int, positive_float, positive_int
+from engine.cli import (DEVICE_HELP, DTYPE_HELP, int_at_least, non_negative_int, open_output, output_file,
+                        positive_float, positive_int)
 from engine.evaluation.datasets import (
     DEFAULT_TASK_SETS,
     HUMANEVAL_DIR,
@@ -232,8 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="address-space limit per child (at least 64)")
     p.add_argument("--empty-baseline", action="store_true",
                    help="also check the empty fill for every task (what predicting nothing would score)")
-    p.add_argument("--out", default=None, help="per-task results as JSON lines")
-    p.add_argument("--summary-json", default=None, help="the summary (protocol and figures) as JSON")
+    p.add_argument("--out", type=output_file, default=None, help="per-task results as JSON lines")
+    p.add_argument("--summary-json", type=output_file, default=None,
+                   help="the summary (protocol and figures) as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     return p
 
@@ -353,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
     limits = Limits(args.timeout, args.memory_mb)
     results: dict[str, dict[str, Any]] = {}
     with contextlib.ExitStack() as stack:
-        out = stack.enter_context(open(args.out, "w", encoding="utf-8")) if args.out else None
+        out = stack.enter_context(open_output(args.out)) if args.out else None
         pool = stack.enter_context(ThreadPoolExecutor(max_workers=args.workers, thread_name_prefix="eval-check"))
         for spec, tasks, all_tasks in zip(specs, task_lists, full):
             rows = evaluate_set(engine, spec, tasks, pool, limits, args.steps or None, args.batch_size,
@@ -362,5 +364,6 @@ def main(argv: list[str] | None = None) -> int:
     print_table(results)
     if args.summary_json:
         summary = {**run, "results": {n: {"protocol": run["protocol"][n], **r} for n, r in results.items()}}
-        Path(args.summary_json).write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+        with open_output(args.summary_json) as f:
+            f.write(json.dumps(summary, indent=1) + "\n")
     return 0
