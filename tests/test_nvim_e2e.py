@@ -564,3 +564,25 @@ def test_fill_applied_by_the_plugin_without_apply_edit(tmp_path: Path) -> None:
         assert lines(session)[2] == "    return a * b"
     finally:
         stop_nvim(session)
+
+
+def test_the_filter_mapping_of_the_editors_readme_fills_in_insert_mode(tmp_path: Path) -> None:
+    """editors/README.md's insert-mode mapping (no language client: the buffer through `codefill fill -:LINE:COL
+    --whole`), as written there, in a real nvim with the real command and built-in model."""
+    readme = (REPO / "editors" / "README.md").read_text(encoding="utf-8")
+    mapping = next(line for line in readme.splitlines() if line.startswith("inoremap <C-g>f "))
+    source = (REPO / "examples" / "mean.py").read_text(encoding="utf-8")  # ends in "return total / "
+    (tmp_path / "mean.py").write_text(source, encoding="utf-8")
+    script = tmp_path / "t.vim"
+    script.write_text("\n".join([
+        "filetype on", mapping, f"edit {tmp_path / 'mean.py'}", "call cursor(4, 1)",
+        'call feedkeys("A\\<C-g>f\\<Esc>", "tx")', "call writefile([line('.')], 'line.txt')", "wq", ""]))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    run = subprocess.run([NVIM, "--headless", "-u", "NONE", "-i", "NONE", "-S", str(script)], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    filled = (tmp_path / "mean.py").read_text(encoding="utf-8")
+    lines = filled.split("\n")
+    assert filled.startswith(source.rstrip("\n")) and len(lines[3]) > len("    return total / ")  # a fill, in place
+    assert lines[:3] == source.split("\n")[:3]
+    assert (tmp_path / "line.txt").read_text().strip() == "4"  # the view is back where the cursor was
