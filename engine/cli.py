@@ -208,10 +208,50 @@ def write_back(path: Path, source: Source, text: str) -> None:
         raise UsageError(f"{path}: cannot write the fill back ({exc.strerror or exc}); the file is unchanged (the fill is printed)") from None
 
 
+def engine_mode(text: str) -> str:
+    """An argparse type: inprocess, auto, unix:PATH or tcp:HOST:PORT."""
+    from lsp_server.engine_client import parse_engine_mode
+
+    try:
+        return parse_engine_mode(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _fill_engine(args: argparse.Namespace):  # noqa: ANN202 - an engine.api.Engine or a RemoteEngine
+    """The engine `codefill fill` asks: loaded here, or a shared one (`codefill serve`) joined or started."""
+    if args.engine == "inprocess":
+        from engine.api import Engine
+
+        settings = {"steps": args.steps} if args.steps else {}
+        return Engine.from_pretrained(args.model, device=args.device, dtype=args.dtype, **settings)
+    if args.dtype != "auto":
+        raise UsageError("--dtype is the shared engine's own (codefill serve picks it): drop --dtype with --engine")
+    from engine import wire
+    from engine.errors import EngineError
+    from lsp_server.remote_engine import RemoteEngine
+
+    def say(_level: int, message: str) -> None:
+        print(f"codefill: {message}", file=sys.stderr)
+
+    engine = RemoteEngine(args.engine, args.model, args.device, args.steps, fill_timeout=60.0, load_timeout=600.0,
+                          notify=say)
+    try:
+        engine.load()
+    except EngineError as exc:
+        engine.close()
+        where = "the shared engine" if args.engine == "auto" else f"the engine at {args.engine}"
+        raise EngineError(f"{where}: {exc}") from None
+    if engine.process is not None:
+        print(f"codefill: note: started a shared engine (pid {engine.process.pid}); it keeps the model loaded for the "
+              f"next fill and exits {wire.AUTO_IDLE_EXIT_MINUTES:g} minutes after its last client (now: codefill serve "
+              f"--stop --unix {engine.address.path})", file=sys.stderr)
+    return engine
+
+
 def cmd_fill(args: argparse.Namespace) -> int:
     """Print the fill for the hole at FILE:LINE:COL (or the range up to --to); --write applies it to FILE, --whole
     prints the whole text with it."""
-    from engine.api import Engine
     from engine.model_dir import language_note
     from lsp_server.completion import complete_at
     from lsp_server.languages import LANGUAGE_IDS, spec_for
@@ -234,8 +274,7 @@ def cmd_fill(args: argparse.Namespace) -> int:
         if end < start:
             raise UsageError(f"--to {args.to} is before {line}:{col}")
     language = args.language or (None if stdin else EXTENSION_LANGUAGES.get(path.suffix.lower()))
-    settings = {"steps": args.steps} if args.steps else {}
-    engine = Engine.from_pretrained(args.model, device=args.device, dtype=args.dtype, **settings)
+    engine = _fill_engine(args)
     spec = spec_for(language)
     note = language_note(args.model, spec.name, how_to_switch="--model DIR") if spec is not None else None
     if args.language and spec is None:
@@ -246,7 +285,12 @@ def cmd_fill(args: argparse.Namespace) -> int:
                 "(without one the hole is found by indentation and the fill is not syntax-checked)")
     if note:
         print(f"codefill: note: {note}", file=sys.stderr)
-    result = complete_at(engine, text, start, language, selection_end=end, max_tokens=args.max_tokens)
+    try:
+        result = complete_at(engine, text, start, language, selection_end=end, max_tokens=args.max_tokens)
+    finally:
+        close = getattr(engine, "close", None)  # a shared engine: disconnect (it stays up for its other clients)
+        if args.engine != "inprocess" and close is not None:
+            close()
     filled = text[: result.hole.start] + result.insert_text + text[result.hole.end :] if result else text
     if args.json:  # the JSON either way; the exit status says whether there is a fill, as without --json
         print(json.dumps(result.to_json(), indent=1), flush=True)
@@ -369,6 +413,10 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--device", default="auto", help=DEVICE_HELP)
     f.add_argument("--dtype", default="auto", help=DTYPE_HELP)
     f.add_argument("--language", default=None, help="language id (default: from the file extension)")
+    f.add_argument("--engine", type=engine_mode, default="inprocess", metavar="inprocess|auto|ADDRESS",
+                   help="where the model runs: loaded by this command (default); auto: the shared engine for this "
+                        "model, device and steps (`codefill serve`), joined or started, which stays loaded for "
+                        "the next fill; or unix:PATH / tcp:127.0.0.1:PORT of one you started")
     f.add_argument("--json", action="store_true",
                    help="print the fill, its range (character offsets) and timings as JSON; exit 1 when no fill")
     f.add_argument("--write", action="store_true",

@@ -6,9 +6,11 @@ Each case starts the real command line in a child process (python -m engine.cli)
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -302,3 +304,69 @@ def test_the_real_model_fills_standard_input():
     spec = languages.spec_for("python")
     assert spec is not None and languages.count_syntax_errors(spec, run.stdout) == 0
 
+
+
+# ------------------------------------------------------------------------------------------------------------
+# --engine: a shared engine (codefill serve) instead of loading the model in the command
+
+
+def test_fill_through_an_engine_started_by_hand(tmp_path):
+    """--engine unix:PATH: the fill comes from that engine (a scripted one here), which keeps running."""
+    from lsp_fixtures.harness import FAKE_ENGINE, server_env
+
+    sock = tmp_path / "e.sock"
+    serve = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", "--unix", str(sock), "--engine-factory",
+                              FAKE_ENGINE], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=server_env(),
+                             cwd=REPO)
+    try:
+        deadline = time.monotonic() + 60
+        while not sock.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (tmp_path / "a.py").write_text('x = \n# codefill-fake: "41"\n')
+        run = codefill("fill", f"{tmp_path / 'a.py'}:1:5", "--engine", f"unix:{sock}")
+        assert run.returncode == 0 and run.stdout == "41\n", run.stderr
+        assert "started a shared engine" not in run.stderr
+        assert serve.poll() is None  # the command disconnected; the engine stays up for its other clients
+        status = json.loads(codefill("serve", "--status", "--unix", str(sock)).stdout)
+        assert status["fills_completed"] == 1 and status["clients"] == 0
+    finally:
+        serve.terminate()
+        serve.wait(timeout=30)
+
+
+def test_an_engine_that_is_not_there_is_one_line(tmp_path):
+    run = codefill("fill", "examples/mean.py:4:20", "--engine", f"unix:{tmp_path / 'none.sock'}")
+    assert run.returncode == 1 and run.stdout == ""
+    assert run.stderr.startswith(f"codefill: the engine at unix:{tmp_path / 'none.sock'}: ")
+    assert "Traceback" not in run.stderr and len(run.stderr.strip().splitlines()) == 1
+    bad = codefill("fill", "examples/mean.py:4:20", "--engine", "udp:1")
+    assert bad.returncode == 2 and "argument --engine" in bad.stderr
+    dtype = codefill("fill", "examples/mean.py:4:20", "--engine", "auto", "--dtype", "float32")
+    assert dtype.returncode == 2 and "drop --dtype with --engine" in dtype.stderr
+
+
+def test_auto_starts_the_shared_engine_once_and_later_fills_join_it(tmp_path):
+    """--engine auto with the real model: the first fill starts `codefill serve` (and says so), the second joins it
+    and gets the same fill as a fill without it."""
+    if not (MODELS_DIR / BUILTIN_MODEL / "config.json").exists():
+        pytest.skip("no built-in model")
+    env = {**os.environ, "XDG_RUNTIME_DIR": str(tmp_path)}  # this test's own socket, not a running user's
+
+    def fill() -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "engine.cli", "fill", "examples/mean.py:4:20", "--engine", "auto"],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+    first = fill()
+    try:
+        assert first.returncode == 0, first.stderr
+        assert "note: started a shared engine" in first.stderr
+        second = fill()
+        assert second.returncode == 0 and second.stdout == first.stdout, second.stderr
+        assert "started a shared engine" not in second.stderr
+        assert first.stdout == codefill("fill", "examples/mean.py:4:20").stdout  # the same model, the same fill
+        status = subprocess.run([sys.executable, "-m", "engine.cli", "serve", "--status"], cwd=REPO, env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert json.loads(status.stdout)["fills_completed"] == 2
+    finally:
+        subprocess.run([sys.executable, "-m", "engine.cli", "serve", "--stop"], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=60)

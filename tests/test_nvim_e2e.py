@@ -577,9 +577,14 @@ def test_the_filter_mapping_of_the_editors_readme_fills_in_insert_mode(tmp_path:
     script.write_text("\n".join([
         "filetype on", mapping, f"edit {tmp_path / 'mean.py'}", "call cursor(4, 1)",
         'call feedkeys("A\\<C-g>f\\<Esc>", "tx")', "call writefile([line('.')], 'line.txt')", "wq", ""]))
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    run = subprocess.run([NVIM, "--headless", "-u", "NONE", "-i", "NONE", "-S", str(script)], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+           "XDG_RUNTIME_DIR": str(tmp_path)}  # --engine auto: this test's own shared engine
+    try:
+        run = subprocess.run([NVIM, "--headless", "-u", "NONE", "-i", "NONE", "-S", str(script)], cwd=tmp_path,
+                             env=env, capture_output=True, text=True, timeout=300)
+    finally:
+        subprocess.run([sys.executable, "-m", "engine.cli", "serve", "--stop"], cwd=REPO, env=env,
+                       capture_output=True, timeout=60)
     assert run.returncode == 0, run.stderr
     filled = (tmp_path / "mean.py").read_text(encoding="utf-8")
     lines = filled.split("\n")
