@@ -29,12 +29,15 @@ class UsageError(Exception):
     """A problem with what the user asked for: printed as one line, exit status 2."""
 
 
-def int_at_least(minimum: int) -> Callable[[str], int]:
-    """An argparse type: a whole number of at least `minimum` (argparse names the option in its error)."""
+def int_at_least(minimum: int, maximum: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least `minimum` (and at most `maximum`; argparse names the option in
+    its error)."""
 
     def parse(text: str) -> int:
-        if not re.fullmatch(r"[+-]?[0-9]+", text.strip()) or int(text) < minimum:
-            raise argparse.ArgumentTypeError(f"expected a whole number of at least {minimum}, got {text!r}")
+        if (not re.fullmatch(r"[+-]?[0-9]+", text.strip()) or int(text) < minimum
+                or (maximum is not None and int(text) > maximum)):
+            bounds = f"from {minimum} to {maximum}" if maximum is not None else f"of at least {minimum}"
+            raise argparse.ArgumentTypeError(f"expected a whole number {bounds}, got {text!r}")
         return int(text)
 
     return parse
@@ -286,7 +289,8 @@ def cmd_fill(args: argparse.Namespace) -> int:
     if note:
         print(f"codefill: note: {note}", file=sys.stderr)
     try:
-        result = complete_at(engine, text, start, language, selection_end=end, max_tokens=args.max_tokens)
+        result = complete_at(engine, text, start, language, selection_end=end, max_tokens=args.max_tokens,
+                             candidates=args.candidates)
     finally:
         close = getattr(engine, "close", None)  # a shared engine: disconnect (it stays up for its other clients)
         if args.engine != "inprocess" and close is not None:
@@ -413,6 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--device", default="auto", help=DEVICE_HELP)
     f.add_argument("--dtype", default="auto", help=DTYPE_HELP)
     f.add_argument("--language", default=None, help="language id (default: from the file extension)")
+    f.add_argument("--candidates", type=int_at_least(1, 10), default=1, metavar="N",
+                   help="look for up to N different fills (other lengths, then samples), as an editor's manual "
+                        "trigger does; the best is printed, --json lists them all")
     f.add_argument("--engine", type=engine_mode, default="inprocess", metavar="inprocess|auto|ADDRESS",
                    help="where the model runs: loaded by this command (default); auto: the shared engine for this "
                         "model, device and steps (`codefill serve`), joined or started, which stays loaded for "

@@ -23,6 +23,8 @@ def _usage_error(capsys: pytest.CaptureFixture[str], main, argv: list[str]) -> s
     (["fill", "a.py:1:1", "--steps", "-1"], "--steps"),
     (["fill", "a.py:1:1", "--max-tokens", "0"], "--max-tokens"),
     (["fill", "a.py:1:1", "--max-tokens", "-5"], "--max-tokens"),
+    (["fill", "a.py:1:1", "--candidates", "0"], "--candidates"),
+    (["fill", "a.py:1:1", "--candidates", "11"], "--candidates"),
     (["eval", "--steps", "-1"], "--steps"),
     (["eval", "--limit", "0"], "--limit"),
     (["eval", "--sample", "-2"], "--sample"),

@@ -186,6 +186,15 @@ def test_json_exits_1_without_a_fill(tmp_path, scripted, capsys):
     assert status == 0 and json.loads(out)["insert_text"] == "1"
 
 
+def test_candidates_ask_again_and_json_lists_the_distinct_fills(tmp_path, scripted, capsys):
+    (tmp_path / "a.py").write_text("x = \n")
+    status, out, _, engine = scripted(capsys, "1", f"{tmp_path / 'a.py'}:1:5", "--json", "--candidates", "3")
+    assert status == 0 and json.loads(out)["candidates"] == ["1"]  # the same fill every time: listed once
+    assert len(engine.asked) == 4  # greedy, two shorter budgets, one sample: at most candidates + 1 calls
+    status, out, _, engine = scripted(capsys, "1", f"{tmp_path / 'a.py'}:1:5")
+    assert status == 0 and out == "1\n" and len(engine.asked) == 1  # one call by default
+
+
 def test_crlf_and_bom_offsets_in_json(tmp_path, scripted, capsys):
     """On an empty CRLF line the range is empty and starts at the line; --json offsets count from after a BOM."""
     (tmp_path / "crlf.py").write_bytes(b"def f():\r\n    a = 1\r\n\r\n    return a\r\n")
