@@ -218,3 +218,34 @@ def test_token_arrays_are_saved_whole_or_not_at_all(tmp_path: Path, monkeypatch:
     with pytest.raises(KeyboardInterrupt):
         arrays.save(tmp_path / "train.npz")
     assert not (tmp_path / "train.npz").exists()  # the pipeline would have taken it for finished
+
+
+def test_sigterm_to_the_whole_process_group_saves(data: Path, tmp_path: Path) -> None:
+    """`timeout` or a job control signal reaches the batch loader's workers too: they leave it to the trainer, which
+    saves (a worker killed by it used to fail the run unsaved)."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    run = tmp_path / "run"
+    repo = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen([sys.executable, "-u", "-m", "engine.cli", *cli_args(run, data, "--preset", "tiny",
+                             "--workers", "1", "--max-steps", "1000000", "--log-seconds", "0.2")],
+                            cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    assert proc.stderr is not None
+    try:
+        deadline = time.monotonic() + 120
+        for line in proc.stderr:  # the workers are drawing batches once steps are logged
+            if line.startswith("step ") or time.monotonic() > deadline:
+                break
+        os.killpg(proc.pid, signal.SIGTERM)
+        err = proc.stderr.read()
+        assert proc.wait(timeout=120) == 130, err
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert "interrupted (SIGTERM), saved" in err and "killed by signal" not in err
+    assert saved_step(run) > 0

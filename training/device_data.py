@@ -262,6 +262,7 @@ def run_summary(model_dir: Path) -> dict:
         "last_loss": last.get("last_loss"),
         "valid_loss": last.get("valid_loss"),
         "compiled": last.get("compiled"),
+        "interrupted": last.get("interrupted"),  # "SIGTERM": stopped early (device_train.sh's hard limit), saved
         "init_from": last.get("init_from"),
         "parameters": last.get("parameters"),
         "batch_size": last.get("batch_size"),

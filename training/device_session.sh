@@ -9,8 +9,9 @@
 # Why one call: a machine's start costs one to two minutes of the session's 15, and no machine starts with under 4
 # minutes left, so a second call rarely fits. Training comes first (every lent device adds to the same model); the
 # benchmark gets what remains of TOTAL_S. Tunables (environment): TOTAL_S (580: keep under the call's timeout_s),
-# TRAIN_MINUTES (7.6; the device's data extension is taken out of it), HARD_S (TOTAL_S - 40, the training's hard
-# limit), EVAL (0), and whatever device_train.sh and device.sh take (BATCH, LR, WORKERS, NO_COMPILE, ...). The sixth
+# TRAIN_MINUTES (7.6; the device's data extension is taken out of it), HARD_S (TOTAL_S - 40, device_train.sh's hard
+# limit, the extension included: at it training stops after its step and saves), EVAL (0), and whatever
+# device_train.sh and device.sh take (BATCH, LR, WORKERS, NO_COMPILE, ...). The sixth
 # session's call (these defaults) spent 35 s extending the data, trained 7.0 minutes, left 80 s of benchmark and took
 # 564 s (the machine's start is not in it; with the second call below, 780 of the 900 s were used).
 #
@@ -24,7 +25,7 @@
 #   rm engine/models/codefill-base/model*.safetensors* && cp FILES_AT/*.safetensors \
 #     /tmp/session/model/{config,model.safetensors.index,tokenizer,training}.json engine/models/codefill-base/
 # (see the AFTER notes in training/device_train.sh for the evaluation that decides the default model;
-# `bash training/judge_device_run.sh FILES_AT` runs that comparison in one go, ~6 minutes, before installing).
+# `bash training/judge_device_run.sh FILES_AT` runs that comparison in one go, ~10-18 minutes, before installing).
 #
 # A machine stays warm for ~30 s after a call, /tmp included: if device time is left, a second call made at once
 # can continue the model just trained without a new start or transfer, e.g.
@@ -97,4 +98,7 @@ else
   echo "== no time left for the benchmark ($left s)"
 fi
 ls -la "$OUT"
+# device_train.sh's status: 0 trained to the end, 5 stopped early with a model that came back (never 124/137,
+# which the device tool would report as this call's own timeout), 1 no model.
+echo "== training exit status $train_rc (0: to the end; 5: stopped early, model came back; run.json says more)"
 exit "$train_rc"

@@ -3,11 +3,12 @@
 # every session: it starts from engine/models/codefill-base when that directory exists (a previous session's
 # result, committed), else from scratch, and brings the result back in $OUT.
 #
-# BEFORE (here, on the CPU machine): bash training/prepare_device_data.sh   # gpu_data/ from nothing, ~6 min;
-#   it fetches the corpus's wheels, tokenizes with the built-in model's tokenizer, packs the token arrays (19 MiB),
-#   adds tree-sitter wheels for the device's Python and HumanEval-Infilling, and prints the travel size (<= 64 MiB).
-#   bash training/device_train.sh --smoke                            # ~15 s on the CPU: the same path, tiny steps
-# The model travels in the working tree (engine/models/codefill-base, 37 MiB in bf16) beside gpu_data (~20 MiB):
+# BEFORE (here, on the CPU machine): bash training/prepare_device_data.sh   # gpu_data/ from nothing, ~9 min;
+#   it fetches the corpus's wheels, tokenizes with the built-in model's tokenizer, packs the token arrays (24 MiB
+#   with the JavaScript), adds tree-sitter wheels for the device's Python, and prints the travel size (<= 64 MiB).
+#   bash training/device_train.sh --smoke                            # ~35 s on the CPU: the same path, tiny steps
+#   SMOKE_MINUTES=2 HARD_S=45 bash training/device_train.sh --smoke   # the hard limit firing mid-training (exit 5)
+# The model travels in the working tree (engine/models/codefill-base, 37 MiB in bf16) beside gpu_data (~24 MiB):
 # keep other large files out of the tree (untracked files that git does not ignore travel too).
 #
 # THE DEVICE CALL: training/device_session.sh runs this script and then the GPU benchmark in one call, and packs
@@ -52,11 +53,20 @@
 # warmup; its optimizer state is too large to bring back). first_loss in run.json (before any update) should be
 # near the previous session's last_loss (one batch each: within noise); ~9 (ln 8192) means the weights were lost.
 # Travel budget: tracked tree + gpu_data (~24.5 MiB with the JavaScript) + engine/models/codefill-base (37.5 MiB)
-# must stay <= 64 MiB (63.2 at the sixth session's end, from a fresh build);
+# must stay <= 64 MiB (63.2 at the sixth session's end, 63.4 on 2026-12-03 from a fresh build: check it again
+# right before the call, as the tree grows);
 # `size` above says; if over, repack with --max-train-tokens (less carried data; extend makes up for it).
 #
-# --smoke (or SMOKE=1): the same path on the CPU with the "tiny" preset for a few steps, twice (from scratch, then
-# --init-from the first result, as the next session would), into $OUT or a temporary directory.
+# --smoke (or SMOKE=1): the same path on the CPU for a few steps (SMOKE_MINUTES, 0.2) from the built-in model with
+# its real export settings, or, without one, with the "tiny" preset twice (from scratch, then --init-from the first
+# result, as the next session would), into $OUT or a temporary directory.
+#
+# HARD_S (530) bounds this whole script, the data extension included: training gets what is left of it. When it
+# fires, `timeout` sends SIGTERM and `codefill train` stops after the step in progress and saves (run.json then has
+# "interrupted": "SIGTERM"); 15 s later it is killed (model/ is then the last 3-minute checkpoint's export, if any).
+# Exit status: 0 trained to the end; 5 stopped early (hard limit or a signal) but model/ came back, the last lines
+# say which copy; 1 no model; 3 missing python or data; 4 files that would not all come back. Never 124/137, which
+# the device tool would read as its own timeout.
 set -u
 cd "$(dirname "$0")/.."
 SMOKE="${SMOKE:-0}"
@@ -94,7 +104,10 @@ echo "== $(date -u +%FT%TZ) codefill device training (smoke=$SMOKE) out=$OUT"
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
 "$PY" -c 'import sys, torch; print("python", sys.version.split()[0], "torch", torch.__version__, "cuda",
 torch.version.cuda, torch.cuda.is_available())'
-rm -rf "$RUN_DIR" "$OUT/model" "$OUT/model.tmp" "$OUT/model.old" "$OUT/run.json" "$OUT/data"
+# .old/.tmp too: a run cut short mid-save in an earlier call on a warm machine leaves $RUN_DIR.old, which
+# `codefill train` would restore and resume instead of starting from $INIT.
+rm -rf "$RUN_DIR" "$RUN_DIR.old" "$RUN_DIR.tmp" "$OUT/model" "$OUT/model.tmp" "$OUT/model.old" "$OUT/run.json" \
+  "$OUT/data"
 
 # More data than travels: the Python files of the packages installed on the device machine, added to the carried
 # training split (training/device_data.py extend; EXTEND=0 skips it). tree-sitter comes as carried wheels.
@@ -118,8 +131,16 @@ if [ "$SMOKE" != 1 ] && [ "${EXTEND:-1}" = 1 ]; then
   echo "== extend took $((SECONDS - ext_start)) s; training for $MINUTES minutes"
 fi
 
-train() {  # train ARGS...: one `codefill train` into $OUT/model, under a hard time limit
-  timeout -k 15 "${HARD_S:-530}" "$PY" -u -m engine.cli train --run "$RUN_DIR" --data "$DATA" \
+train() {  # train ARGS...: one `codefill train` into $OUT/model, until HARD_S after this script's start
+  # (the extension's time counts: with it outside, an overrun ran past device_session.sh's TOTAL_S and the call's
+  # timeout, and nothing was packed). SIGTERM at the limit saves (see the header); `timeout 0` would mean no limit.
+  # --foreground: the SIGTERM goes to codefill train alone. Without it `timeout` signals its whole process group,
+  # the batch loader's workers die of it, and the trainer fails ("DataLoader worker ... killed by signal:
+  # Terminated") without saving; the trainer stops its workers itself. The kill 15 s later still reaches it, and
+  # its workers exit when it is gone.
+  local hard=$(( ${HARD_S:-530} - SECONDS ))
+  if [ "$hard" -lt 1 ]; then hard=1; fi  # spent already: training ends at once rather than never
+  timeout --foreground -k 15 "$hard" "$PY" -u -m engine.cli train --run "$RUN_DIR" --data "$DATA" \
     --export "$OUT/model" "$@" 2>&1
 }
 
@@ -127,7 +148,7 @@ if [ "$SMOKE" = 1 ]; then
   common=(--preset tiny --device cpu --threads 1 --batch-size 4 --workers 1 --log-seconds 0.05 --eval-every 3
           --warmup-steps 2 --save-dtype bfloat16 --minutes 2)
   if [ -f "$INIT/config.json" ]; then  # the real model, its real export settings, a few steps
-    train "${common[@]}" --max-steps 1000000 --minutes 0.2 --init-from "$INIT" --shard-mb 15
+    train "${common[@]}" --max-steps 1000000 --minutes "${SMOKE_MINUTES:-0.2}" --init-from "$INIT" --shard-mb 15
   else
     first="$(mktemp -d /tmp/codefill-smoke-init.XXXXXX)"
     echo "== smoke 1/2: from scratch"
@@ -161,7 +182,17 @@ else
     --save-dtype bfloat16 ${init[@]+"${init[@]}"}
   rc=$?
 fi
-rm -rf "$OUT/model.tmp" "$OUT/model.old"  # a write cut short by the hard limit
+# An export cut short by the kill 15 s after SIGTERM. Killed between its two renames, model/ is missing: the
+# complete new copy is model.tmp (training.json is written into it last), else model.old is the previous one.
+if [ ! -f "$OUT/model/training.json" ]; then
+  for copy in "$OUT/model.tmp" "$OUT/model.old"; do
+    if [ -f "$copy/training.json" ]; then
+      rm -rf "$OUT/model" && mv "$copy" "$OUT/model" && echo "== model/ restored from $copy (an export cut short)"
+      break
+    fi
+  done
+fi
+rm -rf "$OUT/model.tmp" "$OUT/model.old"
 if [ -f "$OUT/model/training.json" ]; then
   echo "== run.json"
   "$PY" -m training.device_data summary "$OUT/model" --out "$OUT/run.json"
@@ -177,5 +208,24 @@ if [ -z "${PACKED:-}" ] && { [ "$n" -gt 8 ] || [ "$bad" = 1 ]; }; then  # device
   echo "!! $n files or a file over 16 MiB: not all will come back"
   if [ "$rc" = 0 ]; then rc=4; fi
 fi
-echo "== exit status $rc (124: the hard time limit cut training short; model/ holds the last checkpoint's export)"
+# `timeout` exits 124 when training ended after its SIGTERM (saved, or killed by it before the loop began), 137
+# when it had to kill it; 130 is codefill train's own status for a SIGTERM/SIGINT from elsewhere. Which copy
+# model/ holds is in its training.json: the last session records "interrupted" only when the stop was saved.
+if [ "$rc" = 124 ] || [ "$rc" = 137 ] || [ "$rc" = 130 ]; then
+  stopped="$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1])).get("interrupted") or "")' \
+    "$OUT/run.json" 2>/dev/null)"
+  if [ -n "$stopped" ]; then
+    echo "== training stopped early (status $rc, $stopped; 124: the hard limit HARD_S) and saved: model/ and" \
+         "run.json hold the model at the stop"
+    rc=5
+  elif [ -f "$OUT/model/training.json" ]; then
+    echo "== training cut short (status $rc; 124/137: the hard limit HARD_S) before it could save: model/ holds" \
+         "the last checkpoint's export (every 3 minutes)"
+    rc=5
+  else
+    echo "== training cut short (status $rc) with no model to bring back"
+    rc=1
+  fi
+fi
+echo "== exit status $rc (0: trained to the end; 5: stopped early, model/ came back; see the header)"
 exit "$rc"

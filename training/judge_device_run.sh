@@ -11,8 +11,9 @@
 #      data has JavaScript, on the npm packages of training/heldout-npm.txt (fetched into data/js-heldout once)
 #   4. exact match of held-out lines with the CPU defaults: Python (data/corpus/valid.jsonl) and JavaScript
 #      (data/js/corpus/valid.jsonl), where those files are
-# Nothing is installed: the last lines say how. Takes ~6 minutes on 2 cores. WORK (default: a temporary folder)
-# keeps the reports (heldout-python.json, heldout-javascript.json, lines-*.txt).
+# Nothing is installed: the last lines say how. Takes ~10-18 minutes on 2 cores (18 with other work running; the
+# first run also fetches the npm held-out packages). WORK (default: a temporary folder) keeps the reports
+# (heldout-python.json, heldout-javascript.json, lines-*.txt).
 set -eu
 cd "$(dirname "$0")/.."
 FILES="${1:?usage: bash training/judge_device_run.sh FILES_AT}"

@@ -128,9 +128,11 @@ class _BatchStream(torch.utils.data.IterableDataset):
             yield b.ids, b.targets, b.weights
 
 
-def _ignore_sigint(_worker_id: int) -> None:
-    """A loader worker leaves Ctrl-C to the training process, which stops the workers itself after saving."""
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """A loader worker leaves Ctrl-C and SIGTERM to the training process, which stops the workers itself after
+    saving (a signal to the whole process group killed the workers, and the trainer then failed unsaved)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def batch_source(data: TokenArrays, cfg: TrainConfig, tok: CodeTokenizer, seed: int,
@@ -143,7 +145,7 @@ def batch_source(data: TokenArrays, cfg: TrainConfig, tok: CodeTokenizer, seed: 
             yield sampler.batch(cfg.batch_size)
     loader = torch.utils.data.DataLoader(_BatchStream(data, cfg, tok, seed), batch_size=None,
                                          num_workers=cfg.workers, pin_memory=pin, prefetch_factor=4,
-                                         persistent_workers=False, worker_init_fn=_ignore_sigint)
+                                         persistent_workers=False, worker_init_fn=_ignore_stop_signals)
     for ids, targets, weights in loader:
         yield Batch(ids, targets, weights)
 
