@@ -85,10 +85,13 @@ def main(argv: list[str] | None = None) -> int:
                       timeout_s=max(args.engine_timeout, 0.1))
     server = make_server(settings, engine_factory=args.engine_factory, engine_spec=spec)
     server.set_log_file(args.log_file)
-    if args.tcp:
-        server.start_tcp(*args.tcp)
-    else:
-        server.start_io(FramingGuard(sys.stdin.buffer))
+    try:
+        if args.tcp:
+            server.start_tcp(*args.tcp)
+        else:
+            server.start_io(FramingGuard(sys.stdin.buffer))
+    finally:
+        server.stop_fills()  # the client has gone: the interpreter must not wait for queued fills at exit
     return server.exit_code
 
 

@@ -20,6 +20,7 @@ BLOCK_TOKENS = 128  # a blank line inside a block
 # must not travel to the engine whole.
 PREFIX_CHARS = 6000
 SUFFIX_CHARS = 3000
+INDENT_SCAN_CHARS = 400_000  # detect_indent_unit reads the first 2,000 lines within this many characters
 
 # Text right of the cursor made only of these is taken as auto-closed: the fill's range runs
 # through it and the fill re-emits it, so it is replaced rather than doubled.
@@ -65,7 +66,10 @@ def _leading_ws(line: str) -> str:
 def detect_indent_unit(text: str, default: str = "    ") -> str:
     """The document's indentation unit: a tab, or the smallest indentation in spaces."""
     smallest = 0
-    for i, line in enumerate(text.splitlines()):
+    lines = text[:INDENT_SCAN_CHARS].splitlines()
+    if len(text) > INDENT_SCAN_CHARS:
+        lines.pop()  # cut short: its indentation may be too
+    for i, line in enumerate(lines):  # not text.splitlines(): a 10 MB file held the GIL for 0.15 s a request
         if i > 2000:
             break
         if not line.strip():

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
+import json
 import logging
+import os
+import stat
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, TypeVar
+from urllib.parse import unquote
 
 from cattrs import ClassValidationError, transform_error
 from lsprotocol import types
@@ -25,14 +30,16 @@ from lsp_server.completion import complete_at
 from lsp_server.engine_client import EngineClient, EngineSpec, EngineUnavailable, Keyed, make_engine_client
 from lsp_server.holes import Hole
 from lsp_server.options import Settings, parse_settings
-from lsp_server.positions import Pos, line_starts, offset_at, position_at
+from lsp_server.positions import Pos, line_count, line_starts, offset_at, plain_breaks, position_at
 
 log = logging.getLogger("codefill.server")
 
 FILL_COMMAND = "codefill.fill"
 DOCUMENT_TEXT_REQUEST = "codefill/documentText"  # the server's copy of a document; for tests and bug reports
+SERVER_STATE_REQUEST = "codefill/serverState"  # counts of open documents, cached fills, jobs, tasks, threads
 PROGRESS_TOKEN = "codefill/load-model"
 APPLY_EDIT_TIMEOUT_S = 30  # the fill command gives up waiting for the editor to apply its edit
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # a longer Content-Length is taken for a broken header
 MAX_DISK_BYTES = 8_000_000  # documents read from disk (not opened by the client) above this are not served
 VERSION = "0.1.0"
 
@@ -40,32 +47,124 @@ T = TypeVar("T")
 
 
 class CodefillProtocol(LanguageServerProtocol):
-    """pygls's protocol, but a request whose params do not parse, or that comes after shutdown, gets an error
-    response, not silence."""
+    """pygls's protocol, but every request gets an answer: one whose params do not parse, one that comes after
+    shutdown, and one that is not a proper JSON-RPC request (a batch, a bare value, no "jsonrpc": "2.0", an id
+    that is neither an integer nor a string) get an error response, not silence."""
+
+    closed = False  # set at exit, or when the client's end is gone: nothing more is written
+
+    def structure_message(self, data: dict[str, Any]) -> Any:
+        """Called by json.loads for every object of a message, innermost first: keep them plain. pygls turned any
+        object with a "jsonrpc" key into a message, so params holding one were answered as a request of their own
+        and the request itself never was; a message is structured whole in handle_message instead."""
+        return data
 
     def handle_message(self, message: Any) -> None:
-        method = getattr(message, "method", None)
-        is_request = isinstance(getattr(message, "id", None), (int, str))
-        if self._shutdown and is_request and method not in (None, types.EXIT):
+        if isinstance(message, list):
+            self._reject_batch(message)
+            return
+        if not isinstance(message, dict):
+            self._invalid(None, f"a message is a JSON object, not {type(message).__name__}")
+            return
+        has_id = "id" in message
+        msg_id = message.get("id")
+        answer_to = msg_id if _valid_id(msg_id) else None
+        if "method" not in message:
+            if has_id and ("result" in message or "error" in message):  # an answer to a request of ours
+                self._dispatch(message, None)
+            else:
+                self._invalid(answer_to, "neither a request, a notification nor a response")
+            return
+        method = message["method"]
+        problem = None
+        if not isinstance(method, str):
+            problem = f"method must be a string, not {method!r}"
+        elif message.get("jsonrpc") != "2.0":
+            problem = f'{method}: "jsonrpc" must be "2.0"'
+        elif has_id and answer_to is None:
+            problem = f"{method}: id must be an integer or a string, not {msg_id!r}"
+        if problem is not None:
+            if has_id:
+                self._invalid(answer_to, problem)
+            else:
+                log.warning("dropped a notification: %s", problem)
+            return
+        if self._shutdown and has_id and method != types.EXIT:
             log.warning("%s after shutdown: answered with an error", method)
-            self._send_response(message.id, error=types.ResponseError(
+            self._send_response(msg_id, error=types.ResponseError(
                 code=types.ErrorCodes.InvalidRequest, message=f"{method}: the server is shutting down"))
+            return
+        self._dispatch(message, answer_to)
+
+    def _execute_handler(self, msg_id: Any, handler: Any, callback: Any, args: Any = None, kwargs: Any = None) -> None:
+        """pygls's, but each handler's entry in _request_futures goes when it is done. pygls removes only a client
+        request's (when it answers it); a notification handler that is a coroutine or a generator (didOpen,
+        didChange, didClose: pygls's own) and the handler a generator runs (workspace/executeCommand) stayed, under
+        a fresh uuid: one Future per keystroke, for the whole session."""
+        super()._execute_handler(msg_id, handler, callback, args, kwargs)
+        future = self._request_futures.get(msg_id)
+        if future is not None:
+            future.add_done_callback(functools.partial(self._forget_future, msg_id))
+
+    def _forget_future(self, msg_id: Any, future: Any) -> None:
+        if self._request_futures.get(msg_id) is future:  # not a newer request that reuses the id
+            del self._request_futures[msg_id]
+
+    def _dispatch(self, data: dict[str, Any], msg_id: Any) -> None:
+        """Structure a whole message and hand it to pygls; params that do not parse get an error answer."""
+        try:
+            message = super().structure_message(data)
+        except JsonRpcException as exc:
+            detail = _validation_detail(exc.__cause__)
+            if msg_id is None or "method" not in data:
+                log.warning("dropped a message that does not parse (%s): %s", data.get("method"), detail or exc)
+                return
+            log.warning("invalid params for %s (id %r): %s", data.get("method"), msg_id, detail)
+            error = exc.to_response_error()
+            if detail:
+                error.message = f"{error.message}: {detail}"
+            self._send_response(msg_id, error=error)
             return
         super().handle_message(message)
 
-    def structure_message(self, data: dict[str, Any]) -> Any:
+    def _reject_batch(self, batch: list[Any]) -> None:
+        """LSP has no batches: each request in one gets an error (so no client waits on it), or the batch one."""
+        ids = [m["id"] for m in batch if isinstance(m, dict) and "method" in m and _valid_id(m.get("id"))]
+        for msg_id in ids:
+            self._invalid(msg_id, "batch requests are not supported")
+        if not ids:
+            self._invalid(None, "batch requests are not supported")
+
+    def _invalid(self, msg_id: Any, message: str) -> None:
+        log.warning("invalid request (id %r): %s", msg_id, message)
+        self._send_data({"jsonrpc": "2.0", "id": msg_id,
+                         "error": {"code": int(types.ErrorCodes.InvalidRequest), "message": message}})
+
+    def _send_data(self, data: Any) -> None:
+        """Send, unless the output is closed: after exit, or with the client gone. pygls wrote anyway; the write
+        failed, the failure was reported, the report was logged, and the log was sent to the client, which failed
+        again: at exit with a request in flight the server spun on one core and never exited."""
+        if self.closed or _writer_closed(self.writer):
+            self.closed = True
+            return
         try:
-            return super().structure_message(data)
-        except JsonRpcException as exc:
-            msg_id = data.get("id") if isinstance(data, dict) else None
-            if "method" in data and isinstance(msg_id, (int, str)) and not isinstance(msg_id, bool):
-                detail = _validation_detail(exc.__cause__)
-                log.warning("invalid params for %s (id %r): %s", data.get("method"), msg_id, detail)
-                error = exc.to_response_error()
-                if detail:
-                    error.message = f"{error.message}: {detail}"
-                self._send_response(msg_id, error=error)
-            raise
+            super()._send_data(data)
+        except BrokenPipeError:
+            self.closed = True
+
+
+def _valid_id(msg_id: Any) -> bool:
+    """LSP request ids are integers or strings (JSON-RPC allows null, but no answer could be told apart)."""
+    return isinstance(msg_id, (int, str)) and not isinstance(msg_id, bool)
+
+
+def _writer_closed(writer: Any) -> bool:
+    """Whether pygls's writer can no longer write (its stdout closed, or a TCP connection closing)."""
+    stream = getattr(writer, "_stdout", None)  # pygls.io_.StdoutWriter
+    if stream is not None:
+        return bool(getattr(stream, "closed", False))
+    is_closing = getattr(writer, "is_closing", None)  # asyncio.StreamWriter
+    return bool(is_closing()) if callable(is_closing) else False
 
 
 def _validation_detail(cause: BaseException | None) -> str:
@@ -75,6 +174,9 @@ def _validation_detail(cause: BaseException | None) -> str:
     return "; ".join(transform_error(cause, path="$")[:3])
 
 
+_generations = itertools.count(1)  # every open and every edit of any document takes the next number
+
+
 class LspTextDocument(TextDocument):
     """pygls's TextDocument with LSP's line breaks only: \\n, \\r\\n and \\r.
 
@@ -82,6 +184,13 @@ class LspTextDocument(TextDocument):
     \\u2029: an edit on a line after one of those (a form feed in C or Python, a U+2028 in a JS string) landed in
     the wrong place and the server's copy of the document drifted from the editor's.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The server's own count of this copy's states. The client's version cannot tell two states apart when a
+        # client reuses numbers (didOpen of an open uri, a version that goes back or repeats): a fill made for
+        # one text was sent for another, at a range that no longer meant the same place.
+        self.generation = next(_generations)
 
     @property
     def lines(self) -> tuple[str, ...]:  # type: ignore[override]
@@ -100,7 +209,7 @@ class LspTextDocument(TextDocument):
         copy drifted from the editor's. LSP puts a column past the end at the end of the line's content.
         """
         text = self.source
-        starts = line_starts(text)
+        starts = None if plain_breaks(text) else line_starts(text)  # a 10 MB file: no pass over its 1.7M lines
         enc = self._position_codec.encoding
         encoding = str(getattr(enc, "value", enc))
         rng = change.range
@@ -108,6 +217,19 @@ class LspTextDocument(TextDocument):
         b = offset_at(text, Pos(rng.end.line, rng.end.character), starts, encoding)
         a, b = min(a, b), max(a, b)
         self._source = text[:a] + change.text + text[b:]
+
+    def apply_change(self, change: types.TextDocumentContentChangeEvent) -> None:
+        super().apply_change(change)
+        self.generation = next(_generations)
+
+
+def doc_key(uri: str) -> str:
+    """The key of a document's state: its uri as pygls keys open documents (unquoted)."""
+    return unquote(uri)
+
+
+def _generation(doc: TextDocument) -> int | None:
+    return getattr(doc, "generation", None)
 
 
 def use_lsp_lines(workspace: Workspace) -> None:
@@ -119,6 +241,15 @@ def use_lsp_lines(workspace: Workspace) -> None:
                                sync_kind=workspace._sync_kind, position_codec=workspace.position_codec)
 
     workspace._create_text_document = create  # type: ignore[method-assign]
+    update = workspace.update_text_document
+
+    def update_open(text_doc: types.VersionedTextDocumentIdentifier, change: Any) -> None:
+        if doc_key(text_doc.uri) not in workspace.text_documents:  # pygls: a KeyError, logged as a server error
+            log.warning("didChange for %s, which is not open: ignored", text_doc.uri)
+            return
+        update(text_doc, change)
+
+    workspace.update_text_document = update_open  # type: ignore[method-assign]
 
 
 class FramingGuard:
@@ -141,6 +272,13 @@ class FramingGuard:
         return line
 
     def read(self, n: int) -> bytes:
+        """A body of n bytes. A Content-Length beyond MAX_MESSAGE_BYTES is not read (it would be allocated up
+        front: 99999999999999999999 raised OverflowError in the read loop and the server died): the message is
+        answered as unreadable and the next header found as after a broken one."""
+        if n > MAX_MESSAGE_BYTES:
+            log.warning("a message of %d bytes (Content-Length) is over the limit of %d: skipped", n,
+                        MAX_MESSAGE_BYTES)
+            return b" "
         return self.stream.read(n)
 
 
@@ -152,13 +290,14 @@ class Document:
     text: str
     language_id: str | None
     version: int | None
+    generation: int | None = None  # LspTextDocument.generation of an open document; None for a file on disk
 
 
 @dataclass
 class Job:
     """The newest fill job of a document for one feature; an older one is cancelled when a newer one starts."""
 
-    uri: str
+    uri: str  # doc_key(uri)
     feature: str = "inline"  # inline, completion or command: a completion request must not cancel ghost text
     cancel: threading.Event = field(default_factory=threading.Event)
 
@@ -216,6 +355,7 @@ class LspLogHandler(logging.Handler):
     def __init__(self, server: CodefillServer) -> None:
         super().__init__()
         self.server = server
+        self.busy = threading.local()  # a record logged while one is being sent is not sent (no feedback loop)
         self.early: list[logging.LogRecord] = []  # records from before the client connected (an unwritable log file)
         self.setFormatter(logging.Formatter("%(message)s"))
 
@@ -226,6 +366,15 @@ class LspLogHandler(logging.Handler):
             self.emit(record)
 
     def emit(self, record: logging.LogRecord) -> None:
+        if getattr(self.busy, "on", False):
+            return
+        self.busy.on = True
+        try:
+            self._emit(record)
+        finally:
+            self.busy.on = False
+
+    def _emit(self, record: logging.LogRecord) -> None:
         try:
             if self.server.loop is None:
                 if len(self.early) < 20 and record.levelno >= logging.INFO:
@@ -301,8 +450,10 @@ class CodefillServer(LanguageServer):
 
     def report_server_error(self, error: Exception, source: Any) -> None:
         """Errors outside a request: log them; answer unparseable input with a JSON-RPC parse error."""
-        if isinstance(error, ValueError) and not isinstance(error, JsonRpcException):
-            # json.JSONDecodeError and UnicodeDecodeError: the message could not be read at all.
+        if source is JsonRpcException and isinstance(error, (json.JSONDecodeError, UnicodeDecodeError, RecursionError)):
+            # From pygls's read loop: the message could not be read at all (RecursionError: nested too deep).
+            # Only these: any ValueError was taken for one, and a write to a closed stdout, answered with a
+            # parse error, failed again, without end.
             log.warning("unreadable message from the client: %s", error)
             self.protocol._send_data(
                 {"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": f"Parse error: {error}"}}
@@ -440,16 +591,29 @@ class CodefillServer(LanguageServer):
             return "utf-16"
         return str(getattr(enc, "value", enc))
 
+    def opened(self, uri: str) -> TextDocument | None:
+        """The client's open document at a uri, however the request spelled it: pygls keys open documents by the
+        unquoted uri, so a lookup by the uri as sent missed every file whose path has a space (file:///a%20b.py)
+        or a Windows drive (file:///c%3A/...), and the server filled the file on disk instead of the buffer."""
+        try:
+            return self.workspace.text_documents.get(doc_key(uri))
+        except RuntimeError:  # no workspace before initialize
+            return None
+
     def document(self, uri: str) -> Document | None:
         """An open document, or a file on disk (decoded leniently); None when there is neither."""
-        opened = self.workspace.text_documents.get(uri)
+        opened = self.opened(uri)
         if opened is not None:
-            return Document(uri, opened.source, opened.language_id, opened.version)
+            return Document(uri, opened.source, opened.language_id, opened.version, _generation(opened))
         try:
             path = to_fs_path(uri)
             if not path:
                 return None
-            with open(path, "rb") as f:
+            # Regular files only: opening a FIFO (or file:///dev/stdin, the client's own pipe) blocked the event
+            # loop for good, and every later request with it. O_NONBLOCK: one swapped in after the check.
+            if not stat.S_ISREG(os.stat(path).st_mode):
+                return None
+            with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
                 data = f.read(MAX_DISK_BYTES + 1)
         except (OSError, ValueError):
             return None
@@ -458,19 +622,56 @@ class CodefillServer(LanguageServer):
         return Document(uri, data.decode("utf-8", errors="replace"), languages.language_id_for_path(path), None)
 
     def version_of(self, uri: str) -> int | None:
-        doc = self.workspace.text_documents.get(uri)
+        doc = self.opened(uri)
         return doc.version if doc is not None else None
 
+    def generation_of(self, uri: str) -> int | None:
+        """The server's count of the open document's state (see LspTextDocument.generation); None when closed."""
+        doc = self.opened(uri)
+        return _generation(doc) if doc is not None else None
+
     def forget(self, uri: str) -> None:
-        self.cache.pop(uri, None)
-        for key in [k for k, job in self.jobs.items() if job.uri == uri]:
-            self.jobs.pop(key).cancel.set()
+        """Drop a closed document's last fill and cancel its jobs."""
+        key = doc_key(uri)
+        self.cache.pop(key, None)
+        for job_key in [k for k, job in self.jobs.items() if job.uri == key]:  # Job.uri is a doc_key
+            self.jobs.pop(job_key).cancel.set()
+
+    def cancel_all(self) -> None:
+        """Cancel every fill, running or queued (shutdown, exit, or the client gone)."""
+        for job in list(self.jobs.values()):
+            job.cancel.set()
+        self.jobs.clear()
+
+    def stop_fills(self) -> None:
+        """After the session: cancel every fill and drop the queued ones (a running one stops at its next step)."""
+        self.protocol.closed = True
+        self.cancel_all()
+        self.engine_executor.shutdown(wait=False, cancel_futures=True)
+
+    def state(self) -> dict[str, Any]:
+        """Counts of what the server holds, for tests and bug reports (codefill/serverState)."""
+        try:
+            open_documents = len(self.workspace.text_documents)
+        except RuntimeError:
+            open_documents = 0
+        loop = self.loop
+        return {
+            "openDocuments": open_documents,
+            "cachedFills": len(self.cache),
+            "jobs": len(self.jobs),
+            "pendingRequests": len(self.protocol._request_futures),
+            "tasks": len(asyncio.all_tasks(loop)) if loop is not None else 0,
+            "threads": threading.active_count(),
+            "engineQueue": self.engine_executor._work_queue.qsize(),
+            "fillsStarted": self.fills_started,
+        }
 
     # -- fills ------------------------------------------------------------------------------------
 
-    def _from_cache(self, uri: str, text: str, offset: int, starts: list[int]) -> Suggestion | None:
+    def _from_cache(self, uri: str, text: str, offset: int, starts: list[int] | None) -> Suggestion | None:
         """The last fill, shortened by what the user has typed of it since."""
-        c = self.cache.get(uri)
+        c = self.cache.get(doc_key(uri))
         if c is None or offset < len(c.before) or len(text) - len(c.after) < offset:
             return None
         if not (text.startswith(c.before) and text.endswith(c.after)):
@@ -505,9 +706,10 @@ class CodefillServer(LanguageServer):
         if not settings.serves(doc.language_id):
             return []
         text = doc.text
-        starts = line_starts(text)
-        if position.line >= len(starts) or (selection_end is not None and selection_end.line >= len(starts)):
-            log.info("position past the end of %s (%d lines): the editor's copy has moved on", uri, len(starts))
+        starts = None if plain_breaks(text) else line_starts(text)  # None: positions found without a line index
+        lines = line_count(text, starts)
+        if position.line >= lines or (selection_end is not None and selection_end.line >= lines):
+            log.info("position past the end of %s (%d lines): the editor's copy has moved on", uri, lines)
             return []
         enc = self.position_encoding
         offset = offset_at(text, Pos(position.line, position.character), starts, enc)
@@ -520,7 +722,7 @@ class CodefillServer(LanguageServer):
             return []
         self._note_language(doc.language_id)
 
-        job = Job(uri, feature)
+        job = Job(doc_key(uri), feature)
         previous = self.jobs.get(job.key)
         if previous is not None:
             previous.cancel.set()
@@ -532,7 +734,7 @@ class CodefillServer(LanguageServer):
             except asyncio.CancelledError:
                 job.cancel.set()
                 raise
-        if job.cancel.is_set() or self.version_of(uri) != doc.version:
+        if job.cancel.is_set() or self.generation_of(uri) != doc.generation:
             return []
 
         candidates = settings.candidates if invoked else 1
@@ -550,8 +752,10 @@ class CodefillServer(LanguageServer):
                 del self.jobs[job.key]
         if hole is None or not inserts:
             return []
-        self.cache[uri] = CachedFill(text[: hole.start], text[hole.end :], inserts[0])
-        if job.cancel.is_set() or self.version_of(uri) != doc.version:
+        now = self.generation_of(uri)
+        if doc.generation is not None and now is not None:  # still open: no cache for a closed or unopened one
+            self.cache[job.uri] = CachedFill(text[: hole.start], text[hole.end :], inserts[0])
+        if job.cancel.is_set() or now != doc.generation:
             return []  # stale: the cache above still serves the user typing through it
         rng = types.Range(_lsp(position_at(text, hole.start, starts, enc)),
                           _lsp(position_at(text, hole.end, starts, enc)))
@@ -728,12 +932,12 @@ def make_server(settings: Settings | None = None, engine_factory: str | None = N
     @_guarded(default={"applied": False})
     async def _fill_and_apply(ls: CodefillServer, uri: str, rng: types.Range) -> dict[str, Any]:
         start, end = _sorted_range(rng)
-        version = ls.version_of(uri)
+        generation = ls.generation_of(uri)
         found = await ls.suggest(uri, start, end, debounce=False, feature="command")
         if not found:
             return {"applied": False, "reason": "no fill"}
         edit = types.WorkspaceEdit(changes={uri: [types.TextEdit(range=found[0].range, new_text=found[0].text)]})
-        if ls.version_of(uri) != version:
+        if ls.generation_of(uri) != generation:
             return {"applied": False, "reason": "the document changed"}
         caps = ls.client_capabilities.workspace
         if not (caps is not None and caps.apply_edit):
@@ -756,18 +960,26 @@ def make_server(settings: Settings | None = None, engine_factory: str | None = N
             docs = ls.workspace.text_documents
         except RuntimeError:  # pygls makes the workspace at initialize
             raise JsonRpcServerNotInitialized() from None
-        doc = docs.get(uri) if isinstance(uri, str) else None
+        doc = docs.get(doc_key(uri)) if isinstance(uri, str) else None
         return None if doc is None else {"text": doc.source, "version": doc.version}
+
+    @server.feature(SERVER_STATE_REQUEST)
+    def server_state(ls: CodefillServer, params: Any) -> dict[str, Any]:
+        return ls.state()
 
     @server.feature(types.SHUTDOWN)
     def shutdown(ls: CodefillServer, params: Any) -> None:
-        for job in ls.jobs.values():
-            job.cancel.set()
+        ls.cancel_all()
         ls.engine.close()  # a shared engine stays up for its other clients
 
     @server.feature(types.EXIT)
     def exit_(ls: CodefillServer, params: Any) -> None:
         ls.exit_code = 0 if ls.protocol._shutdown else 1  # LSP: exit without shutdown first is an error exit
+        # pygls closes stdout next; requests still in flight are cancelled as the loop ends, and their answers
+        # have nowhere to go. Without shutdown first, their fills were still queued for the engine thread, which
+        # the interpreter waits for at exit.
+        ls.protocol.closed = True
+        ls.cancel_all()
 
     return server
 
