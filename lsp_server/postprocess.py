@@ -158,10 +158,20 @@ def _repairs(fill: str) -> list[str]:
         while trimmed and trimmed[-1] in _OPEN_OF:
             trimmed = trimmed[:-1].rstrip()
         out.append(trimmed)
+    last = fill.rstrip().rsplit("\n", 1)[-1]
+    for quote in "'\"`":  # a string left open on the fill's last line: a stray closing quote, or a missing one
+        if _unescaped_count(last, quote) % 2:
+            trimmed = fill.rstrip()
+            out.append(trimmed[:-1].rstrip() if trimmed.endswith(quote) else trimmed + quote)
     lines = fill.split("\n")
     for n in range(len(lines) - 1, 0, -1):
         out.append("\n".join(lines[:n]).rstrip())
     return [c for c in dict.fromkeys(out) if c.strip() and c != fill][:_MAX_REPAIRS]
+
+
+def _unescaped_count(text: str, char: str) -> int:
+    """How often char occurs in text not escaped by a backslash."""
+    return sum(1 for i, c in enumerate(text) if c == char and (i == 0 or text[i - 1] != "\\"))
 
 
 def _parse_checked(hole: Hole, fill: str, document: str, spec: LanguageSpec | None,

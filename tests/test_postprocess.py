@@ -49,6 +49,14 @@ CASES = [
     ("python", "def f(a):|\n", "\n    y = a\n    return y\nprint(2)", "def f(a):\n    y = a\n    return y\n"),
     ("javascript", "function f(a) {\n  |\n}\n", "if (a) {\n    return 1;\n  }\n  return 2;\n}",
      "function f(a) {\n  if (a) {\n    return 1;\n  }\n  return 2;\n}\n"),
+    # A string the fill leaves open on its line loses a stray closing quote or gets the missing one, where that
+    # parses better (here the line is broken before the fill, so "no worse" alone would keep `name'`).
+    ("python", "def f(name):\n    msg = 'hi ' + |\n    return msg\n", "name'",
+     "def f(name):\n    msg = 'hi ' + name\n    return msg\n"),
+    ("python", "def f():\n    msg = |\n    return msg\n", "'world", "def f():\n    msg = 'world'\n    return msg\n"),
+    ("javascript", "const m = |;\n", '"it\\"s', 'const m = "it\\"s";\n'),
+    # ... but a quote inside another kind of string, or escaped, is no stray one.
+    ("python", "x = |\n", '"don\'t"', 'x = "don\'t"\n'),
     # A single-line hole keeps one line.
     ("python", "x = |\n", "1\ny = 2", "x = 1\n"),
     # Undecodable bytes and control characters end a fill.
