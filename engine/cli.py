@@ -292,9 +292,8 @@ def cmd_fill(args: argparse.Namespace) -> int:
         result = complete_at(engine, text, start, language, selection_end=end, max_tokens=args.max_tokens,
                              candidates=args.candidates)
     finally:
-        close = getattr(engine, "close", None)  # a shared engine: disconnect (it stays up for its other clients)
-        if args.engine != "inprocess" and close is not None:
-            close()
+        if args.engine != "inprocess":  # a shared engine: disconnect (it stays up for its other clients)
+            engine.close()
     filled = text[: result.hole.start] + result.insert_text + text[result.hole.end :] if result else text
     if args.json:  # the JSON either way; the exit status says whether there is a fill, as without --json
         print(json.dumps(result.to_json(), indent=1), flush=True)
@@ -329,8 +328,6 @@ def non_negative_float(text: str) -> float:
 def _train_preset(args: argparse.Namespace, run: Path) -> str:
     """The preset the run trains with. A resumed run keeps its own model's shape: --preset may name it, and is
     refused when it names another (it used to be ignored without a word)."""
-    import json as _json
-
     from engine.config import ModelConfig
     from training.train import PRESETS, model_shape
 
@@ -339,10 +336,10 @@ def _train_preset(args: argparse.Namespace, run: Path) -> str:
     state_file = run / "train_state.json"
     if not state_file.is_file():
         return args.preset or "cpu"
-    saved = _json.loads(state_file.read_text()).get("config", {}).get("preset")
+    saved = json.loads(state_file.read_text()).get("config", {}).get("preset")
     if args.preset is not None:
         try:
-            have = model_shape(ModelConfig.from_dict(_json.loads((run / "config.json").read_text())))
+            have = model_shape(ModelConfig.from_dict(json.loads((run / "config.json").read_text())))
         except (OSError, ValueError, TypeError):
             return args.preset  # a broken run directory: resuming it reports what is wrong
         if have != model_shape(PRESETS[args.preset]):
