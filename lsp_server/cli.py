@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.verbose:
         logging.getLogger("pygls").setLevel(logging.DEBUG)
 
-    from lsp_server.server import FramingGuard, make_server  # after logging is set up
+    from lsp_server.protocol import FramingGuard
+    from lsp_server.server import make_server  # after logging is set up
 
     settings = Settings(model_path=args.model, device=args.device, steps=max(args.steps, 0),
                         log_file=args.log_file)

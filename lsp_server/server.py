@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import itertools
 import json
 import logging
 import os
@@ -14,23 +13,22 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, TypeVar
-from urllib.parse import unquote
 
-from cattrs import ClassValidationError, transform_error
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams, JsonRpcServerNotInitialized
 from pygls.lsp.server import LanguageServer
-from pygls.protocol import LanguageServerProtocol
 from pygls.uris import to_fs_path
-from pygls.workspace import TextDocument, Workspace
+from pygls.workspace import TextDocument
 
 from engine.model_dir import language_note
 from lsp_server import languages
 from lsp_server.completion import complete_at
+from lsp_server.documents import doc_key, generation, use_lsp_lines
 from lsp_server.engine_client import EngineClient, EngineSpec, EngineUnavailable, Keyed, make_engine_client
 from lsp_server.holes import Hole
 from lsp_server.options import Settings, parse_settings
 from lsp_server.positions import Pos, line_count, line_starts, offset_at, plain_breaks, position_at
+from lsp_server.protocol import CodefillProtocol, FramingGuard
 
 log = logging.getLogger("codefill.server")
 
@@ -39,247 +37,10 @@ DOCUMENT_TEXT_REQUEST = "codefill/documentText"  # the server's copy of a docume
 SERVER_STATE_REQUEST = "codefill/serverState"  # counts of open documents, cached fills, jobs, tasks, threads
 PROGRESS_TOKEN = "codefill/load-model"
 APPLY_EDIT_TIMEOUT_S = 30  # the fill command gives up waiting for the editor to apply its edit
-MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # a longer Content-Length is taken for a broken header
 MAX_DISK_BYTES = 8_000_000  # documents read from disk (not opened by the client) above this are not served
 VERSION = "0.1.0"
 
 T = TypeVar("T")
-
-
-class CodefillProtocol(LanguageServerProtocol):
-    """pygls's protocol, but every request gets an answer: one whose params do not parse, one that comes after
-    shutdown, and one that is not a proper JSON-RPC request (a batch, a bare value, no "jsonrpc": "2.0", an id
-    that is neither an integer nor a string) get an error response, not silence."""
-
-    closed = False  # set at exit, or when the client's end is gone: nothing more is written
-
-    def structure_message(self, data: dict[str, Any]) -> Any:
-        """Called by json.loads for every object of a message, innermost first: keep them plain. pygls turned any
-        object with a "jsonrpc" key into a message, so params holding one were answered as a request of their own
-        and the request itself never was; a message is structured whole in handle_message instead."""
-        return data
-
-    def handle_message(self, message: Any) -> None:
-        if isinstance(message, list):
-            self._reject_batch(message)
-            return
-        if not isinstance(message, dict):
-            self._invalid(None, f"a message is a JSON object, not {type(message).__name__}")
-            return
-        has_id = "id" in message
-        msg_id = message.get("id")
-        answer_to = msg_id if _valid_id(msg_id) else None
-        if "method" not in message:
-            if has_id and ("result" in message or "error" in message):  # an answer to a request of ours
-                self._dispatch(message, None)
-            else:
-                self._invalid(answer_to, "neither a request, a notification nor a response")
-            return
-        method = message["method"]
-        problem = None
-        if not isinstance(method, str):
-            problem = f"method must be a string, not {method!r}"
-        elif message.get("jsonrpc") != "2.0":
-            problem = f'{method}: "jsonrpc" must be "2.0"'
-        elif has_id and answer_to is None:
-            problem = f"{method}: id must be an integer or a string, not {msg_id!r}"
-        if problem is not None:
-            if has_id:
-                self._invalid(answer_to, problem)
-            else:
-                log.warning("dropped a notification: %s", problem)
-            return
-        if self._shutdown and has_id and method != types.EXIT:
-            log.warning("%s after shutdown: answered with an error", method)
-            self._send_response(msg_id, error=types.ResponseError(
-                code=types.ErrorCodes.InvalidRequest, message=f"{method}: the server is shutting down"))
-            return
-        self._dispatch(message, answer_to)
-
-    def _execute_handler(self, msg_id: Any, handler: Any, callback: Any, args: Any = None, kwargs: Any = None) -> None:
-        """pygls's, but each handler's entry in _request_futures goes when it is done. pygls removes only a client
-        request's (when it answers it); a notification handler that is a coroutine or a generator (didOpen,
-        didChange, didClose: pygls's own) and the handler a generator runs (workspace/executeCommand) stayed, under
-        a fresh uuid: one Future per keystroke, for the whole session."""
-        super()._execute_handler(msg_id, handler, callback, args, kwargs)
-        future = self._request_futures.get(msg_id)
-        if future is not None:
-            future.add_done_callback(functools.partial(self._forget_future, msg_id))
-
-    def _forget_future(self, msg_id: Any, future: Any) -> None:
-        if self._request_futures.get(msg_id) is future:  # not a newer request that reuses the id
-            del self._request_futures[msg_id]
-
-    def _dispatch(self, data: dict[str, Any], msg_id: Any) -> None:
-        """Structure a whole message and hand it to pygls; params that do not parse get an error answer."""
-        try:
-            message = super().structure_message(data)
-        except JsonRpcException as exc:
-            detail = _validation_detail(exc.__cause__)
-            if msg_id is None or "method" not in data:
-                log.warning("dropped a message that does not parse (%s): %s", data.get("method"), detail or exc)
-                return
-            log.warning("invalid params for %s (id %r): %s", data.get("method"), msg_id, detail)
-            error = exc.to_response_error()
-            if detail:
-                error.message = f"{error.message}: {detail}"
-            self._send_response(msg_id, error=error)
-            return
-        super().handle_message(message)
-
-    def _reject_batch(self, batch: list[Any]) -> None:
-        """LSP has no batches: each request in one gets an error (so no client waits on it), or the batch one."""
-        ids = [m["id"] for m in batch if isinstance(m, dict) and "method" in m and _valid_id(m.get("id"))]
-        for msg_id in ids:
-            self._invalid(msg_id, "batch requests are not supported")
-        if not ids:
-            self._invalid(None, "batch requests are not supported")
-
-    def _invalid(self, msg_id: Any, message: str) -> None:
-        log.warning("invalid request (id %r): %s", msg_id, message)
-        self._send_data({"jsonrpc": "2.0", "id": msg_id,
-                         "error": {"code": int(types.ErrorCodes.InvalidRequest), "message": message}})
-
-    def _send_data(self, data: Any) -> None:
-        """Send, unless the output is closed: after exit, or with the client gone. pygls wrote anyway; the write
-        failed, the failure was reported, the report was logged, and the log was sent to the client, which failed
-        again: at exit with a request in flight the server spun on one core and never exited."""
-        if self.closed or _writer_closed(self.writer):
-            self.closed = True
-            return
-        try:
-            super()._send_data(data)
-        except BrokenPipeError:
-            self.closed = True
-
-
-def _valid_id(msg_id: Any) -> bool:
-    """LSP request ids are integers or strings (JSON-RPC allows null, but no answer could be told apart)."""
-    return isinstance(msg_id, (int, str)) and not isinstance(msg_id, bool)
-
-
-def _writer_closed(writer: Any) -> bool:
-    """Whether pygls's writer can no longer write (its stdout closed, or a TCP connection closing)."""
-    stream = getattr(writer, "_stdout", None)  # pygls.io_.StdoutWriter
-    if stream is not None:
-        return bool(getattr(stream, "closed", False))
-    is_closing = getattr(writer, "is_closing", None)  # asyncio.StreamWriter
-    return bool(is_closing()) if callable(is_closing) else False
-
-
-def _validation_detail(cause: BaseException | None) -> str:
-    """What was wrong with a message's params, in cattrs' words ("expected int @ $.params.position.line")."""
-    if not isinstance(cause, ClassValidationError):
-        return ""
-    return "; ".join(transform_error(cause, path="$")[:3])
-
-
-_generations = itertools.count(1)  # every open and every edit of any document takes the next number
-
-
-class LspTextDocument(TextDocument):
-    """pygls's TextDocument with LSP's line breaks only: \\n, \\r\\n and \\r.
-
-    pygls splits lines with str.splitlines, which also breaks at \\x0b, \\x0c, \\x1c-\\x1e, \\x85, \\u2028 and
-    \\u2029: an edit on a line after one of those (a form feed in C or Python, a U+2028 in a JS string) landed in
-    the wrong place and the server's copy of the document drifted from the editor's.
-    """
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # The server's own count of this copy's states. The client's version cannot tell two states apart when a
-        # client reuses numbers (didOpen of an open uri, a version that goes back or repeats): a fill made for
-        # one text was sent for another, at a range that no longer meant the same place.
-        self.generation = next(_generations)
-
-    @property
-    def lines(self) -> tuple[str, ...]:  # type: ignore[override]
-        text = self.source
-        starts = line_starts(text)
-        if starts[-1] == len(text):
-            starts.pop()  # no empty last line after a final break (as splitlines)
-        return tuple(text[a:b] for a, b in zip(starts, starts[1:] + [len(text)]))
-
-    def _apply_incremental_change(self, change: types.TextDocumentContentChangePartial) -> None:
-        """Splice one edit by offsets, as the server reads positions (positions.offset_at).
-
-        pygls maps each end of the range by summing code units character by character over the whole line (a
-        keystroke in a 1 MB line took ~0.6 s, stalling every document) and, for a column past the line's end,
-        counted the line break as a column: the edit landed after the break, or inside a \r\n, and the server's
-        copy drifted from the editor's. LSP puts a column past the end at the end of the line's content.
-        """
-        text = self.source
-        starts = None if plain_breaks(text) else line_starts(text)  # a 10 MB file: no pass over its 1.7M lines
-        enc = self._position_codec.encoding
-        encoding = str(getattr(enc, "value", enc))
-        rng = change.range
-        a = offset_at(text, Pos(rng.start.line, rng.start.character), starts, encoding)
-        b = offset_at(text, Pos(rng.end.line, rng.end.character), starts, encoding)
-        a, b = min(a, b), max(a, b)
-        self._source = text[:a] + change.text + text[b:]
-
-    def apply_change(self, change: types.TextDocumentContentChangeEvent) -> None:
-        super().apply_change(change)
-        self.generation = next(_generations)
-
-
-def doc_key(uri: str) -> str:
-    """The key of a document's state: its uri as pygls keys open documents (unquoted)."""
-    return unquote(uri)
-
-
-def _generation(doc: TextDocument) -> int | None:
-    return getattr(doc, "generation", None)
-
-
-def use_lsp_lines(workspace: Workspace) -> None:
-    """Make a workspace create LspTextDocuments."""
-
-    def create(doc_uri: str, source: str | None = None, version: int | None = None,
-               language_id: str | None = None) -> TextDocument:
-        return LspTextDocument(doc_uri, source=source, version=version, language_id=language_id,
-                               sync_kind=workspace._sync_kind, position_codec=workspace.position_codec)
-
-    workspace._create_text_document = create  # type: ignore[method-assign]
-    update = workspace.update_text_document
-
-    def update_open(text_doc: types.VersionedTextDocumentIdentifier, change: Any) -> None:
-        if doc_key(text_doc.uri) not in workspace.text_documents:  # pygls: a KeyError, logged as a server error
-            log.warning("didChange for %s, which is not open: ignored", text_doc.uri)
-            return
-        update(text_doc, change)
-
-    workspace.update_text_document = update_open  # type: ignore[method-assign]
-
-
-class FramingGuard:
-    """stdin for pygls that finds the next message after a broken header.
-
-    pygls reads header lines until one is exactly "Content-Length: N". After a header it cannot read, the body
-    that follows ends without a line break, so every later header is glued to a body and never matches: one bad
-    frame deafened the server for good. Here a line with "Content-Length:" after other bytes is cut back to it.
-    """
-
-    def __init__(self, stream: Any) -> None:
-        self.stream = stream
-
-    def readline(self) -> bytes:
-        line = self.stream.readline()
-        cut = line.find(b"Content-Length:")
-        if cut > 0:
-            log.warning("dropped %d bytes of a broken message before the next header", cut)
-            return line[cut:]
-        return line
-
-    def read(self, n: int) -> bytes:
-        """A body of n bytes. A Content-Length beyond MAX_MESSAGE_BYTES is not read (it would be allocated up
-        front: 99999999999999999999 raised OverflowError in the read loop and the server died): the message is
-        answered as unreadable and the next header found as after a broken one."""
-        if n > MAX_MESSAGE_BYTES:
-            log.warning("a message of %d bytes (Content-Length) is over the limit of %d: skipped", n,
-                        MAX_MESSAGE_BYTES)
-            return b" "
-        return self.stream.read(n)
 
 
 @dataclass
@@ -604,7 +365,7 @@ class CodefillServer(LanguageServer):
         """An open document, or a file on disk (decoded leniently); None when there is neither."""
         opened = self.opened(uri)
         if opened is not None:
-            return Document(uri, opened.source, opened.language_id, opened.version, _generation(opened))
+            return Document(uri, opened.source, opened.language_id, opened.version, generation(opened))
         try:
             path = to_fs_path(uri)
             if not path:
@@ -628,7 +389,7 @@ class CodefillServer(LanguageServer):
     def generation_of(self, uri: str) -> int | None:
         """The server's count of the open document's state (see LspTextDocument.generation); None when closed."""
         doc = self.opened(uri)
-        return _generation(doc) if doc is not None else None
+        return generation(doc) if doc is not None else None
 
     def forget(self, uri: str) -> None:
         """Drop a closed document's last fill and cancel its jobs."""
@@ -984,4 +745,4 @@ def make_server(settings: Settings | None = None, engine_factory: str | None = N
     return server
 
 
-__all__ = ["FILL_COMMAND", "CodefillServer", "FramingGuard", "make_server"]
+__all__ = ["FILL_COMMAND", "CodefillServer", "make_server"]
