@@ -100,3 +100,19 @@ def test_export_killed_between_renames_keeps_the_new_model(tmp_path: Path) -> No
     assert "model/ restored from" in log, log
     assert json.loads((out / "run.json").read_text())["interrupted"] == "SIGTERM"  # model.tmp, the newer copy
     assert not (out / "model.tmp").exists() and not (out / "model.old").exists()
+
+
+def test_device_bench_cut_by_its_hard_timeout_exits_5_not_124(tmp_path: Path) -> None:
+    """benchmarks/device.sh run on its own: its hard timeout must not surface as 124/137 (the device tool's own
+    timeout status); the log says what happened."""
+    fake = tmp_path / "python"
+    fake.write_text("#!/usr/bin/env bash\n"
+                    'case "$*" in *benchmarks.bench*) sleep 30 ;; *) echo "python 3 torch fake" ;; esac\n')
+    fake.chmod(0o755)
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHON": str(fake), "OUT": str(out), "TIMEOUT_S": "1"}
+    done = subprocess.run(["bash", str(REPO / "benchmarks" / "device.sh")], env=env, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 5, done.stdout + done.stderr
+    log = (out / "device.log").read_text()
+    assert "hard timeout (1 s) cut it short" in log
