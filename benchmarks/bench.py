@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.util
 import json
 import os
 import sys
@@ -94,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--reps", type=positive_int, default=10)
     s.add_argument("--warmup", type=non_negative_int, default=2)
     s.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the server to load")
+    s.add_argument("--pause-ms", type=non_negative_int, default=400,
+                   help="next line: how long the user reads a suggestion before accepting it and pressing Enter")
     s.add_argument("--out", type=output_file, default=None, help="write results as JSON here")
     s.add_argument("--plot", type=output_file, default=None, help="write a PNG plot here")
     s.add_argument("--omp-passive", action="store_true", help="start the server with OMP_WAIT_POLICY=PASSIVE")
@@ -192,10 +195,10 @@ def cmd_lsp(args: argparse.Namespace) -> int:
           f"{args.steps or 'engine default'}; {args.reps} timed requests per hole kind after {args.warmup} warm-up",
           flush=True)
     result = lsp_bench.run(source.path, device=args.device, steps=args.steps, reps=args.reps, warmup=args.warmup,
-                           load_timeout=args.timeout)
+                           load_timeout=args.timeout, pause_s=args.pause_ms / 1000)
     data = {"benchmark": "lsp", "created": _now(), "hardware": hw, "model": source.describe(),
             "settings": {"device": args.device, "steps": args.steps, "reps": args.reps, "warmup": args.warmup,
-                         "debounce_ms": 0}, **result}
+                         "debounce_ms": 0, "pause_ms": args.pause_ms}, **result}
     print(lsp_bench.table(result))
     write_json(args.out, data)
     if args.plot:
@@ -222,7 +225,11 @@ def main(argv: list[str] | None = None) -> int:
         from benchmarks import gpu
 
         return gpu.main(argv[1:])
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.plot and importlib.util.find_spec("matplotlib") is None:  # found before the run, not after it
+        parser.error("--plot needs matplotlib, which is not installed: pip install matplotlib "
+                     "(or the project's bench extra: pip install -e '.[bench]')")
     if args.what == "engine":
         return cmd_engine(args)
     return cmd_lsp(args)

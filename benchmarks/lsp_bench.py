@@ -4,14 +4,23 @@ A pygls LanguageClient starts `python -m lsp_server` over stdio, initializes it 
 (initializationOptions), waits for the model load to end ($/progress), opens a real Python file (a standard
 library module) and, for each sample, makes a hole with an incremental didChange the way typing would, asks for an
 inline completion at it, times the request to its answer, and undoes the edit. One-line holes cut a statement
-mid-line; multi-line holes are a new blank line inside a block. Every hole is a different place in the file, so the
+mid-line; multi-line holes are a new blank line inside a block. Each kind runs with the server's prefetch setting
+on (the default), then off over the same holes: with it on, every answer starts a fill of the next line ahead,
+which the next request cancels, so "off" shows what that costs the requests that follow. Every hole is a different place in the file, so the
 server's type-through cache never answers for the engine.
+
+"Next line" follows a user through one suggestion: a one-line hole is made and filled (not timed), the user reads
+the ghost text for --pause-ms, accepts it and presses Enter (the new line indented as VS Code's Python rules do:
+like the line, one level more after a colon, one less after return, raise, pass, break or continue), and the
+request on the new line is timed. Samples alternate between the server's prefetch setting on and off (the fill of
+the next line made ahead while a suggestion is on screen, lsp_server.ahead), so both see the same load.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import re
 import sys
 import time
 from dataclasses import dataclass
@@ -25,6 +34,7 @@ from benchmarks.workload import REPO, code_text
 
 URI = "file:///codefill-bench/argparse.py"
 KINDS = {"one-line": ("line",), "multi-line": ("block",)}
+_DEDENT_AFTER = re.compile(r"\s*(return|raise|pass|break|continue)\b")
 
 
 @dataclass(frozen=True)
@@ -77,6 +87,36 @@ def plan(text: str, per_kind: int) -> list[HoleEdit]:
         raise ValueError(f"found only {len(one)} one-line and {len(multi)} multi-line holes")
     pick = lambda xs: [xs[j * len(xs) // per_kind] for j in range(per_kind)]  # noqa: E731
     return pick(one) + pick(multi)
+
+
+def next_line_plan(text: str, count: int, avoid: set[int]) -> list[HoleEdit]:
+    """count one-line holes (as plan makes them) on lines followed by a line of the same indentation, so that the
+    line started after accepting the fill is inside the block; none on the lines in avoid."""
+    lines = text.split("\n")
+    found = []
+    for e in plan(text, max(count * 3, 8))[: max(count * 3, 8)]:
+        i = e.cursor[0]
+        line, nxt = lines[i], lines[i + 1] if i + 1 < len(lines) else ""
+        if i in avoid or not nxt.strip() or _indent(nxt) != _indent(line):
+            continue
+        found.append(HoleEdit("next-line", e.make, e.undo, e.cursor, e.hole_kind))
+    if len(found) < count:
+        raise ValueError(f"found only {len(found)} next-line holes")
+    return found[:count]
+
+
+def _indent(line: str) -> str:
+    return line[: len(line) - len(line.lstrip())]
+
+
+def enter_indent(line: str, unit: str = "    ") -> str:
+    """The indentation an editor gives the line started after this one (VS Code's Python rules)."""
+    indent = _indent(line)
+    if line.rstrip().endswith(":"):
+        return indent + unit
+    if _DEDENT_AFTER.match(line) and indent.endswith(unit):
+        return indent[: -len(unit)]
+    return indent
 
 
 def _rng(a: int, b: int, c: int, d: int) -> types.Range:
@@ -155,6 +195,11 @@ class BenchClient:
             text_document=types.VersionedTextDocumentIdentifier(uri=URI, version=self.version),
             content_changes=[types.TextDocumentContentChangePartial(range=_rng(a, b, c, d), text=new)]))
 
+    def configure(self, settings: dict[str, Any]) -> None:
+        """workspace/didChangeConfiguration (replaces the one before; initializationOptions stay under it)."""
+        self.client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+            settings={"codefill": settings}))
+
     async def inline(self, line: int, character: int) -> tuple[float, Any]:
         """Seconds from sending textDocument/inlineCompletion to its answer, and the answer."""
         params = types.InlineCompletionParams(
@@ -175,10 +220,11 @@ class BenchClient:
         await self.client.stop()
 
 
-async def _run(model: Path, device: str, steps: int, reps: int, warmup: int, load_timeout: float
-               ) -> dict[str, Any]:
+async def _run(model: Path, device: str, steps: int, reps: int, warmup: int, load_timeout: float,
+               pause_s: float = 0.4) -> dict[str, Any]:
     text = code_text()
     edits = plan(text, max(reps + warmup, 1))
+    followed = next_line_plan(text, 2 * (reps + warmup), {e.cursor[0] for e in edits})
     init = {"debounceMs": 0, "modelPath": str(model), "device": device, "candidates": 1}
     if steps:
         init["steps"] = steps
@@ -194,22 +240,26 @@ async def _run(model: Path, device: str, steps: int, reps: int, warmup: int, loa
         rows = []
         for kind in KINDS:
             mine = [e for e in edits if e.kind == kind]
-            seconds: list[float] = []
-            answered = 0
-            samples: list[str] = []
-            for j, e in enumerate(mine[: warmup + reps]):
-                bench.change(e.make)
-                dt, answer = await bench.inline(*e.cursor)
-                bench.change(e.undo)
-                items = getattr(answer, "items", answer) or []
-                if j >= warmup:
-                    seconds.append(dt)
-                    answered += bool(items)
-                    if items and len(samples) < 3:
-                        samples.append(items[0].insert_text)
-            stats = summarize(seconds)
-            rows.append({"hole": kind, "server_hole_kind": mine[0].hole_kind, **stats.to_dict(),
-                         "answered": answered, "samples": samples})
+            for prefetch in (True, False):  # the same holes; off measures what the work done ahead costs the rest
+                bench.configure({"prefetch": prefetch})
+                seconds: list[float] = []
+                answered = 0
+                samples: list[str] = []
+                for j, e in enumerate(mine[: warmup + reps]):
+                    bench.change(e.make)
+                    dt, answer = await bench.inline(*e.cursor)
+                    bench.change(e.undo)
+                    items = getattr(answer, "items", answer) or []
+                    if j >= warmup:
+                        seconds.append(dt)
+                        answered += bool(items)
+                        if items and len(samples) < 3:
+                            samples.append(items[0].insert_text)
+                stats = summarize(seconds)
+                rows.append({"hole": kind + ("" if prefetch else ", prefetch off"),
+                             "server_hole_kind": mine[0].hole_kind, "prefetch": prefetch, **stats.to_dict(),
+                             "answered": answered, "samples": samples})
+        rows += await _next_lines(bench, text, followed, warmup, pause_s)
     except BaseException:
         sys.stderr.write(bench.stderr.decode(errors="replace")[-3000:])
         raise
@@ -218,18 +268,61 @@ async def _run(model: Path, device: str, steps: int, reps: int, warmup: int, loa
     return {"rows": rows, "server_load_s": load_s, "server_messages": bench.messages[-10:]}
 
 
+async def _next_lines(bench: BenchClient, text: str, edits: list[HoleEdit], warmup: int,
+                      pause_s: float) -> list[dict[str, Any]]:
+    """The "next line" rows: prefetch on and off, alternating (see the module's docstring)."""
+    lines = text.split("\n")
+    timed: dict[bool, list[float]] = {True: [], False: []}
+    answered = {True: 0, False: 0}
+    shown = {True: 0, False: 0}
+    for j, e in enumerate(edits):
+        prefetch = j % 2 == 0
+        bench.configure({"prefetch": prefetch})
+        i, cut = e.cursor
+        original = lines[i]
+        bench.change(e.make)
+        _, answer = await bench.inline(i, cut)
+        items = getattr(answer, "items", answer) or []
+        item = items[0] if items else None
+        if item is None or "\n" in item.insert_text or item.range.start.line != i or item.range.end.line != i:
+            bench.change(e.undo)
+            continue
+        await asyncio.sleep(pause_s)  # the user reads the ghost text
+        cut_line = original[:cut]
+        accepted = cut_line[: item.range.start.character] + item.insert_text + cut_line[item.range.end.character:]
+        bench.change((i, item.range.start.character, i, item.range.end.character, item.insert_text))
+        indent = enter_indent(accepted)
+        bench.change((i, len(accepted), i, len(accepted), "\n" + indent))
+        dt, answer = await bench.inline(i + 1, len(indent))
+        bench.change((i, 0, i + 1, len(indent), original))  # back to the file as it was
+        if j < 2 * warmup:
+            continue
+        shown[prefetch] += 1
+        timed[prefetch].append(dt)
+        answered[prefetch] += bool(getattr(answer, "items", answer) or [])
+    bench.configure({})
+    rows = []
+    for prefetch in (True, False):
+        if not timed[prefetch]:
+            continue
+        rows.append({"hole": "next line" + ("" if prefetch else ", prefetch off"), "server_hole_kind": "block",
+                     "prefetch": prefetch, **summarize(timed[prefetch]).to_dict(), "answered": answered[prefetch],
+                     "pause_ms": round(pause_s * 1000), "first_fills_shown": shown[prefetch]})
+    return rows
+
+
 def run(model: Path, device: str = "cpu", steps: int = 0, reps: int = 10, warmup: int = 2,
-        load_timeout: float = 300.0) -> dict[str, Any]:
+        load_timeout: float = 300.0, pause_s: float = 0.4) -> dict[str, Any]:
     """Start the server, time the requests, stop it; JSON-ready results."""
-    return asyncio.run(_run(model, device, steps, reps, warmup, load_timeout))
+    return asyncio.run(_run(model, device, steps, reps, warmup, load_timeout, pause_s))
 
 
 def table(result: dict[str, Any]) -> str:
     """The rows as fixed-width text."""
     lines = [f"server start and model load: {result['server_load_s']:.1f} s",
-             f"{'hole':12}{'server kind':>12}{'runs':>6}{'median ms':>11}{'p95 ms':>10}{'answered':>10}"]
+             f"{'hole':24}{'server kind':>12}{'runs':>6}{'median ms':>11}{'p95 ms':>10}{'answered':>10}"]
     for r in result["rows"]:
-        lines.append(f"{r['hole']:12}{r['server_hole_kind']:>12}{r['runs']:>6}{r['median_ms']:>11.1f}"
+        lines.append(f"{r['hole']:24}{r['server_hole_kind']:>12}{r['runs']:>6}{r['median_ms']:>11.1f}"
                      f"{r['p95_ms']:>10.1f}{r['answered']:>6}/{r['runs']}")
     for m in result.get("server_messages", []):
         lines.append(f"server said: {m}")

@@ -67,12 +67,12 @@ def plot_lsp(result: dict[str, Any], out: Path) -> Path:
     import matplotlib.pyplot as plt
 
     rows = result["rows"]
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    names = [r["hole"] for r in rows]
+    fig, ax = plt.subplots(figsize=(max(5.5, 1.3 * len(rows)), 4.4))
+    names = [r["hole"].replace(", ", "\n") for r in rows]
     x = range(len(rows))
     ax.bar([i - 0.2 for i in x], [r["median_ms"] for r in rows], width=0.4, label="median")
     ax.bar([i + 0.2 for i in x], [r["p95_ms"] for r in rows], width=0.4, label="p95")
-    ax.set_xticks(list(x), names)
+    ax.set_xticks(list(x), names, fontsize=8)
     ax.set_ylabel("request to answer (ms)")
     ax.set_title("codefill bench lsp: textDocument/inlineCompletion", fontsize=9)
     ax.legend()

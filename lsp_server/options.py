@@ -25,6 +25,7 @@ class Settings:
     languages: tuple[str, ...] | None = None  # LSP languageIds to serve; None: every supported one
     log_file: str | None = None
     candidates: int = 3  # fills offered on a manual (Invoked) trigger
+    prefetch: bool = True  # fill the next line ahead while a suggestion is on screen (lsp_server.ahead)
 
     def serves(self, language_id: str | None) -> bool:
         """Whether fills are offered in documents of this languageId."""
@@ -45,6 +46,7 @@ _CAMEL = {
     "languages": "languages",
     "logFile": "log_file",
     "candidates": "candidates",
+    "prefetch": "prefetch",
 }
 
 
@@ -98,6 +100,7 @@ _CHECKS = {
     "languages": _languages,
     "log_file": _optional_path,
     "candidates": _int_in(1, 10),
+    "prefetch": _bool,
 }
 
 

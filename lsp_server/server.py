@@ -22,13 +22,14 @@ from pygls.workspace import TextDocument
 
 from engine.model_dir import language_note
 from lsp_server import languages
+from lsp_server.ahead import NextLine, next_line
 from lsp_server.completion import complete_at
 from lsp_server.documents import doc_key, generation, use_lsp_lines
 from lsp_server.engine_client import EngineClient, EngineSpec, EngineUnavailable, Keyed, make_engine_client
 from lsp_server.holes import Hole
 from lsp_server.options import Settings, parse_settings
 from lsp_server.positions import Pos, line_count, line_starts, offset_at, plain_breaks, position_at
-from lsp_server.protocol import CodefillProtocol, FramingGuard
+from lsp_server.protocol import CodefillProtocol
 
 log = logging.getLogger("codefill.server")
 
@@ -75,6 +76,18 @@ class CachedFill:
     before: str  # document text before the replaced range
     after: str  # document text after the replaced range
     insert: str  # the text that replaced the range
+    hole: Hole | None = None  # the hole it filled (what lsp_server.ahead needs to predict the next line)
+    state: str | None = None  # for a fill made ahead: the whole text it was made for
+
+
+@dataclass
+class Prefetch:
+    """A fill made ahead for the state a document reaches when the suggestion on screen is accepted and a new line
+    started (lsp_server.ahead); its result goes to CodefillServer.ahead."""
+
+    state: NextLine
+    job: Job
+    future: asyncio.Future[Any]
 
 
 @dataclass
@@ -176,6 +189,8 @@ class CodefillServer(LanguageServer):
         self.engine_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="codefill-engine")
         self.jobs: dict[str, Job] = {}  # by Job.key
         self.cache: dict[str, CachedFill] = {}
+        self.ahead: dict[str, CachedFill] = {}  # fills made ahead for the next line (Prefetch), by doc_key
+        self.prefetches: dict[str, Prefetch] = {}  # running, by doc_key
         self.loop: asyncio.AbstractEventLoop | None = None
         self.progress_open = False
         self.progress_token = PROGRESS_TOKEN
@@ -395,6 +410,10 @@ class CodefillServer(LanguageServer):
         """Drop a closed document's last fill and cancel its jobs."""
         key = doc_key(uri)
         self.cache.pop(key, None)
+        self.ahead.pop(key, None)
+        pre = self.prefetches.pop(key, None)
+        if pre is not None:
+            pre.future.cancel()
         for job_key in [k for k, job in self.jobs.items() if job.uri == key]:  # Job.uri is a doc_key
             self.jobs.pop(job_key).cancel.set()
 
@@ -403,6 +422,9 @@ class CodefillServer(LanguageServer):
         for job in list(self.jobs.values()):
             job.cancel.set()
         self.jobs.clear()
+        for pre in self.prefetches.values():
+            pre.future.cancel()
+        self.prefetches.clear()
 
     def stop_fills(self) -> None:
         """After the session: cancel every fill and drop the queued ones (a running one stops at its next step)."""
@@ -420,6 +442,8 @@ class CodefillServer(LanguageServer):
         return {
             "openDocuments": open_documents,
             "cachedFills": len(self.cache),
+            "aheadFills": len(self.ahead),
+            "prefetches": len(self.prefetches),
             "jobs": len(self.jobs),
             "pendingRequests": len(self.protocol._request_futures),
             "tasks": len(asyncio.all_tasks(loop)) if loop is not None else 0,
@@ -430,10 +454,19 @@ class CodefillServer(LanguageServer):
 
     # -- fills ------------------------------------------------------------------------------------
 
-    def _from_cache(self, uri: str, text: str, offset: int, starts: list[int] | None) -> Suggestion | None:
-        """The last fill, shortened by what the user has typed of it since."""
-        c = self.cache.get(doc_key(uri))
-        if c is None or offset < len(c.before) or len(text) - len(c.after) < offset:
+    def _from_cache(self, uri: str, text: str, offset: int,
+                    starts: list[int] | None) -> tuple[Suggestion, CachedFill] | None:
+        """The last fill, or the one made ahead for this line, shortened by what the user has typed of it since."""
+        key = doc_key(uri)
+        for cache in (self.cache, self.ahead):
+            c = cache.get(key)
+            hit = self._typed_through(c, text, offset, starts) if c is not None else None
+            if hit is not None:
+                return hit, c
+        return None
+
+    def _typed_through(self, c: CachedFill, text: str, offset: int, starts: list[int] | None) -> Suggestion | None:
+        if offset < len(c.before) or len(text) - len(c.after) < offset:
             return None
         if not (text.startswith(c.before) and text.endswith(c.after)):
             return None
@@ -475,10 +508,24 @@ class CodefillServer(LanguageServer):
         enc = self.position_encoding
         offset = offset_at(text, Pos(position.line, position.character), starts, enc)
         end = offset_at(text, Pos(selection_end.line, selection_end.character), starts, enc) if selection_end else None
+        key = doc_key(uri)
         if end is None or end == offset:
-            hit = self._from_cache(uri, text, offset, starts)
-            if hit is not None and not invoked:
+            pre = self.prefetches.get(key)
+            if not invoked and pre is not None and (pre.state.text, pre.state.offset) == (text, offset):
+                log.debug("waiting for the fill made ahead for %s", uri)
+                await asyncio.wait([pre.future])  # the request at hand is the one it was made for (a cancelled
+                # prefetch ends the wait; a cancelled request leaves the prefetch alone)
+            found = self._from_cache(uri, text, offset, starts)
+            if found is not None and not invoked:
+                hit, cached = found
+                accepted = cached.before + cached.insert + cached.after
+                self._drop_prefetches(keep=key, accepted=accepted)  # typing through it: keep its next line going
+                if settings.prefetch and cached.hole is not None and doc.generation is not None:
+                    self._prefetch(doc, cached)
                 return [hit]
+            self._drop_prefetches(keep=key, accepted=text)  # accepted, no new line yet: editors ask here too
+        else:
+            self._drop_prefetches()
         if not self.engine.ready:
             return []
         self._note_language(doc.language_id)
@@ -515,12 +562,64 @@ class CodefillServer(LanguageServer):
             return []
         now = self.generation_of(uri)
         if doc.generation is not None and now is not None:  # still open: no cache for a closed or unopened one
-            self.cache[job.uri] = CachedFill(text[: hole.start], text[hole.end :], inserts[0])
+            self.cache[job.uri] = CachedFill(text[: hole.start], text[hole.end :], inserts[0], hole)
         if job.cancel.is_set() or now != doc.generation:
             return []  # stale: the cache above still serves the user typing through it
+        if feature == "inline" and settings.prefetch and now is not None:
+            self._prefetch(doc, self.cache[job.uri])
         rng = types.Range(_lsp(position_at(text, hole.start, starts, enc)),
                           _lsp(position_at(text, hole.end, starts, enc)))
         return [Suggestion(rng, insert) for insert in inserts]
+
+    # -- the next line, ahead of time ---------------------------------------------------------------
+
+    def _drop_prefetches(self, keep: str | None = None, accepted: str | None = None) -> None:
+        """Cancel the fills being made ahead: the request at hand comes first. Kept: keep's (a doc_key), when it
+        was made for the state after accepted (the text with its suggestion accepted)."""
+        for key in list(self.prefetches):
+            pre = self.prefetches[key]
+            if key == keep and pre.state.accepted == accepted:
+                continue
+            del self.prefetches[key]
+            pre.job.cancel.set()
+            pre.future.cancel()  # out of the engine's queue if it has not started
+            if self.jobs.get(pre.job.key) is pre.job:
+                del self.jobs[pre.job.key]
+
+    def _prefetch(self, doc: Document, shown: CachedFill) -> None:
+        """Start filling the next line of doc as it will be once the fill on screen is accepted (lsp_server.ahead),
+        unless that is under way or done already."""
+        assert shown.hole is not None
+        state = next_line(shown.before, shown.insert, shown.after, shown.hole, doc.language_id)
+        key = doc_key(doc.uri)
+        if state is None or self.loop is None or not self.engine.ready:
+            return
+        running = self.prefetches.get(key)
+        made = self.ahead.get(key)
+        if (running is not None and running.state == state) or (made is not None and made.state == state.text):
+            return
+        self._drop_prefetches()
+        job = Job(key, "prefetch")
+        self.jobs[job.key] = job
+        ahead = Document(doc.uri, state.text, doc.language_id, None, doc.generation)
+        future = self.loop.run_in_executor(
+            self.engine_executor, functools.partial(self._fill_job, job, ahead, state.offset, None, 1, self.settings))
+        self.prefetches[key] = Prefetch(state, job, future)
+        future.add_done_callback(functools.partial(self._prefetch_done, doc.uri, job, state))
+
+    def _prefetch_done(self, uri: str, job: Job, state: NextLine, future: asyncio.Future[Any]) -> None:
+        key = doc_key(uri)
+        pre = self.prefetches.get(key)
+        if pre is not None and pre.job is job:
+            del self.prefetches[key]
+        if self.jobs.get(job.key) is job:
+            del self.jobs[job.key]
+        if future.cancelled() or future.exception() is not None or job.cancel.is_set():
+            return
+        hole, inserts = future.result()
+        if hole is not None and inserts and self.generation_of(uri) is not None:  # the document is still open
+            self.ahead[key] = CachedFill(state.text[: hole.start], state.text[hole.end :], inserts[0], hole,
+                                         state.text)
 
     def _note_language(self, language_id: str | None) -> None:
         """Once per model and language: say so when the model was trained on other languages (its engine.json

@@ -98,3 +98,29 @@ def test_device_smoke_writes_json_and_a_plot(tmp_path: Path) -> None:
         return
     png = (tmp_path / "device.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_lsp_smoke_writes_every_row(tmp_path: Path) -> None:
+    """`codefill bench lsp --smoke`: the real server with a tiny model; each hole kind with the prefetch setting on
+    and off, and the next-line rows (a suggestion accepted, Enter, the next request timed)."""
+    from benchmarks.bench import main
+
+    out = tmp_path / "lsp.json"
+    assert main(["lsp", "--smoke", "--reps", "1", "--warmup", "0", "--pause-ms", "50", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    holes = {r["hole"] for r in data["rows"]}
+    assert {"one-line", "one-line, prefetch off", "multi-line", "multi-line, prefetch off"} <= holes
+    assert data["settings"]["pause_ms"] == 50
+    assert all(r["median_ms"] > 0 and r["runs"] >= 1 for r in data["rows"])
+
+
+def test_plot_without_matplotlib_is_refused_before_the_run(tmp_path: Path, monkeypatch) -> None:
+    import importlib.util
+
+    from benchmarks.bench import main
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else real(name, *a))
+    with pytest.raises(SystemExit) as exc:
+        main(["lsp", "--smoke", "--plot", str(tmp_path / "x.png")])
+    assert exc.value.code == 2

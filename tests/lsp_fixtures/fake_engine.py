@@ -1,7 +1,9 @@
 """A scripted stand-in for engine.api.Engine, for tests of the server's own behaviour.
 
 The document says what the fake writes: the first `codefill-fake: <JSON string>` marker found in
-prefix + suffix is the fill (a JSON list gives one item per call, for candidates), and
+prefix + suffix is the fill (a JSON list gives one item per call, for candidates);
+`codefill-fake-by-line: {"<line>": <JSON string>, ...}` gives the fill by the cursor's line (0-based; no entry:
+an empty fill), for the server's fills made ahead for the next line; and
 `codefill-fake-sleep: <seconds>` makes each fill take that long (honouring cancel). Every call is
 appended as a JSON line to the file named by $CODEFILL_FAKE_LOG. $CODEFILL_FAKE_LOAD_SECONDS slows
 the load; a model path starting with "broken" fails it with CheckpointError.
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 from engine.errors import CheckpointError, FillCancelled
 
 _FILL = re.compile(r"codefill-fake: (\".*?(?<!\\)\"|\[.*?\])\s*$", re.M)
+_BY_LINE = re.compile(r"codefill-fake-by-line: (\{.*?\})\s*$", re.M)
 _SLEEP = re.compile(r"codefill-fake-sleep: ([0-9.]+)")
 
 
@@ -55,6 +58,10 @@ class FakeEngine:
                 if cancel is not None and cancel.is_set():
                     raise FillCancelled("cancelled")
                 time.sleep(0.01)
+        by_line = _BY_LINE.search(context)
+        if by_line:
+            text = json.loads(by_line.group(1)).get(str(prefix.count("\n")), "")
+            return FakeFill(text.split("\n", 1)[0] if single_line else text)
         match = _FILL.search(context)
         if not match:
             return FakeFill("")

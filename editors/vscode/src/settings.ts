@@ -14,6 +14,7 @@ export interface ServerSettings {
   languages: string[] | null;
   logFile: string | null;
   candidates: number;
+  prefetch: boolean;
 }
 
 /** The server's own defaults (lsp_server/options.py Settings). */
@@ -27,6 +28,7 @@ export const SERVER_DEFAULTS: Readonly<ServerSettings> = Object.freeze({
   languages: null,
   logFile: null,
   candidates: 3,
+  prefetch: true,
 });
 
 /** Settings that change how the server process is started, not what it is sent: a change restarts it. */
@@ -63,6 +65,7 @@ export function optionalPath(value: unknown, home?: string): string | null {
 export function toServerSettings(get: Getter, home?: string): ServerSettings {
   const d = SERVER_DEFAULTS;
   const enabled = get("enabled");
+  const prefetch = get("prefetch");
   const device = get("device");
   const langs = get("languages");
   let languages: string[] | null = null;
@@ -80,6 +83,7 @@ export function toServerSettings(get: Getter, home?: string): ServerSettings {
     languages,
     logFile: optionalPath(get("logFile"), home),
     candidates: int(get("candidates"), 1, 10, d.candidates),
+    prefetch: typeof prefetch === "boolean" ? prefetch : d.prefetch,
   };
 }
 

@@ -13,7 +13,7 @@ local TRIGGER_INVOKED, TRIGGER_AUTOMATIC = 1, 2 -- lsp.InlineCompletionTriggerKi
 
 --- The settings the server reads (lsp_server/options.py), sent as initializationOptions and on change.
 M.SERVER_KEYS = { "enabled", "modelPath", "device", "steps", "maxTokens", "debounceMs", "languages", "logFile",
-  "candidates" }
+  "candidates", "prefetch" }
 
 M.defaults = {
   cmd = { "codefill-lsp" }, -- the server command; found on PATH

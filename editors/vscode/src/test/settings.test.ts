@@ -24,11 +24,11 @@ test("the VS Code defaults from package.json map onto the server defaults", () =
 test("values pass through in camelCase", () => {
   const s = toServerSettings(from({
     enabled: false, modelPath: "/models/x", device: "cuda:1", steps: 8, maxTokens: 64, debounceMs: 0,
-    languages: ["Python", "rust", "python"], logFile: "/tmp/codefill.log", candidates: 5,
+    languages: ["Python", "rust", "python"], logFile: "/tmp/codefill.log", candidates: 5, prefetch: false,
   }));
   assert.deepEqual(s, {
     enabled: false, modelPath: "/models/x", device: "cuda:1", steps: 8, maxTokens: 64, debounceMs: 0,
-    languages: ["python", "rust"], logFile: "/tmp/codefill.log", candidates: 5,
+    languages: ["python", "rust"], logFile: "/tmp/codefill.log", candidates: 5, prefetch: false,
   });
 });
 
@@ -85,4 +85,10 @@ test("serverPath and serverArgs restart; the rest is sent", () => {
   assert.equal(needsRestart((section) => section === "codefill.serverPath"), true);
   assert.equal(needsRestart((section) => section === "codefill.serverArgs"), true);
   assert.equal(needsRestart((section) => section === "codefill.steps"), false);
+});
+
+test("prefetch: a boolean, default on (the server's default)", () => {
+  assert.equal(SERVER_DEFAULTS.prefetch, true);
+  assert.equal(toServerSettings(from({ prefetch: "no" })).prefetch, true);
+  assert.equal(toServerSettings(from({ prefetch: false })).prefetch, false);
 });
