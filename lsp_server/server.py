@@ -738,6 +738,8 @@ def make_server(settings: Settings | None = None, engine_factory: str | None = N
     @_guarded(default=types.CompletionList(is_incomplete=True, items=[]))
     async def completion(ls: CodefillServer, params: types.CompletionParams) -> types.CompletionList:
         invoked = params.context is None or params.context.trigger_kind == types.CompletionTriggerKind.Invoked
+        # One fill, not `candidates`: clients send completion requests made while typing as Invoked too (VS Code's
+        # quick suggestions, Neovim's autotrigger), so Invoked here is no sign that the user asked.
         found = await ls.suggest(params.text_document.uri, params.position, debounce=not invoked,
                                  feature="completion")
         items = []
