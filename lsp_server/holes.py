@@ -53,6 +53,7 @@ class Hole:
     in_comment: bool = False
     unit: str = "    "  # the document's indentation unit (detect_indent_unit)
     line_break: str = "\n"  # the document's line break (line_break): what the insert's breaks become
+    language: str = ""  # the grammar's name (languages.SPECS), "" without one
 
     def insert_text(self, fill: str) -> str:
         """The text that replaces [start, end) for a given fill."""
@@ -64,33 +65,108 @@ def _leading_ws(line: str) -> str:
 
 
 def detect_indent_unit(text: str, default: str = "    ") -> str:
-    """The document's indentation unit: a tab, or the smallest indentation in spaces."""
-    smallest = 0
+    """The document's indentation unit: a tab, or in spaces the step most often taken into a block.
+
+    A step counts when the line above ends with something that opens a block (`{`, `:`, `(`, `[`): the lines of a
+    block comment (` * ...` under `/**`, a licence header in nearly every Java or C file) and continuation lines
+    aligned with an opening bracket are not indentation. Without such a step, the default: what indentation there is
+    belongs to continuation lines."""
+    steps: dict[int, int] = {}
+    previous: tuple[int, str] | None = None  # the width and last character of the last code line
     lines = text[:INDENT_SCAN_CHARS].splitlines()
     if len(text) > INDENT_SCAN_CHARS:
         lines.pop()  # cut short: its indentation may be too
     for i, line in enumerate(lines):  # not text.splitlines(): a 10 MB file held the GIL for 0.15 s a request
         if i > 2000:
             break
-        if not line.strip():
+        body = line.strip()
+        if not body:
             continue
         if line.startswith("\t"):
             return "\t"
+        if body.startswith(("*", "/*", "//", "#")):
+            continue  # comments say nothing about the code's indentation
         width = len(line) - len(line.lstrip(" "))
-        if width and (smallest == 0 or width < smallest):
-            smallest = width
-    return " " * min(max(smallest, 2), 8) if smallest else default
+        if previous is not None and width > previous[0] and previous[1] in "{:([":
+            steps[width - previous[0]] = steps.get(width - previous[0], 0) + 1
+        previous = (width, body[-1])
+    if steps:
+        step = max(sorted(steps), key=lambda k: steps[k])  # the most common; the smallest of equals
+        return " " * min(max(step, 2), 8)
+    return default
+
+
+# One line's tokens that matter to brackets: comments (a `/* ... */` inside the line is skipped, any other runs to
+# the end of the line), strings, character literals and brackets. A Rust `'` that does not close a character
+# literal is a lifetime (`&'a str`), not a quote.
+_STRING_TOKENS = r""""(?:\\.|[^"\\])*"?|'(?:\\.|[^'\\])*'?"""
+_BRACKET_TOKEN = r"(?P<bracket>[()\[\]{}])"
+_CODE_TOKENS = {
+    "c": re.compile(r"/\*.*?\*/|(?P<comment>//|/\*)|" + _STRING_TOKENS + r"|`(?:\\.|[^`\\])*`?|" + _BRACKET_TOKEN),
+    "python": re.compile(r"(?P<comment>#)|" + _STRING_TOKENS + "|" + _BRACKET_TOKEN),
+    "rust": re.compile(
+        r"/\*.*?\*/|(?P<comment>//|/\*)|" + r'"(?:\\.|[^"\\])*"?|' + r"'(?:\\u\{[0-9a-fA-F]*\}|\\.|[^'\\])'|"
+        + _BRACKET_TOKEN
+    ),
+}
+
+
+def _code_tokens(spec: LanguageSpec | None) -> re.Pattern[str]:
+    if spec is None:
+        return _CODE_TOKENS["c"]
+    return _CODE_TOKENS["python"] if spec.indent_blocks else _CODE_TOKENS.get(spec.name, _CODE_TOKENS["c"])
+
+
+def _code_of(line: str, spec: LanguageSpec | None) -> tuple[str, int, int]:
+    """(the line up to a comment, closers in it with no opener before them, openers left unclosed)."""
+    unmatched = depth = 0
+    for m in _code_tokens(spec).finditer(line):
+        if m.group("comment"):
+            return line[: m.start()], unmatched, depth
+        bracket = m.group("bracket")
+        if bracket is None:
+            continue
+        if bracket in "([{":
+            depth += 1
+        elif depth:
+            depth -= 1
+        else:
+            unmatched += 1
+    return line, unmatched, depth
+
+
+_LAMBDA_HEAD = re.compile(r"\blambda\b[^:]*:$")
 
 
 def _opens_block(line: str, spec: LanguageSpec | None) -> bool:
     """Whether a line ends with something that opens an indented block."""
-    s = line.rstrip()
-    hash_comment = s.find("#") if spec is not None and spec.indent_blocks else -1
-    if hash_comment >= 0 and "'" not in s[:hash_comment] and '"' not in s[:hash_comment]:
-        s = s[:hash_comment].rstrip()
+    code, _, depth = _code_of(line, spec)
+    s = code.rstrip()
     if s.endswith(_OPENERS):
         return True
-    return s.endswith(":") and (spec is None or spec.indent_blocks)
+    if not s.endswith(":") or not (spec is None or spec.indent_blocks):
+        return False
+    # A colon inside brackets (`key=lambda x:`, `{"a":`, `xs[1:`) or ending a lambda opens no block.
+    return depth == 0 and _LAMBDA_HEAD.search(s) is None
+
+
+def _statement_indent(text: str, line_start: int, line: str, spec: LanguageSpec | None) -> str:
+    """The indentation of the line where the statement holding this line starts: the line's own, unless it closes
+    brackets opened on lines above (`        b):` under `def f(a,`, `\tb int) {` under `func f(a int,`), when a
+    block it opens is indented from the statement's first line, not from the continuation."""
+    _, need, _ = _code_of(line, spec)
+    pos = line_start
+    for _ in range(50):
+        if need <= 0 or pos == 0:
+            break
+        pos -= 2 if text[max(pos - 2, 0) : pos] == "\r\n" else 1  # the end of the line above
+        start, end = line_bounds(text, pos)
+        pos = start
+        _, unmatched, depth = _code_of(text[start:end], spec)
+        need += unmatched - depth
+        if need <= 0:
+            return _leading_ws(text[start:end])
+    return _leading_ws(line)
 
 
 @dataclass(frozen=True)
@@ -148,6 +224,12 @@ def line_break(text: str) -> str:
 
 def neighbour_line(text: str, pos: int, step: int) -> str | None:
     """The nearest non-blank line above (step=-1, pos at a line start) or below (step=1, pos at a line end)."""
+    found = _neighbour(text, pos, step)
+    return text[found[0] : found[1]] if found is not None else None
+
+
+def _neighbour(text: str, pos: int, step: int) -> tuple[int, int] | None:
+    """Start and end of the line neighbour_line finds."""
     while True:
         if step < 0:
             if pos == 0:
@@ -162,7 +244,7 @@ def neighbour_line(text: str, pos: int, step: int) -> str | None:
             start, end = line_bounds(text, found.end())
             pos = end
         if text[start:end].strip():
-            return text[start:end]
+            return start, end
 
 
 def _clip_prefix(prefix: str) -> str:
@@ -206,7 +288,7 @@ def find_hole(
             suffix=_clip_suffix(trail + keep + text[end:]),
             lead=lead, trail=trail, keep=keep, indent=indent,
             max_tokens=max(1, min(budget, cap)), single_line=single, in_comment=in_comment,
-            unit=unit, line_break=line_break(text),
+            unit=unit, line_break=line_break(text), language=spec.name if spec else "",
         )
 
     line_start, line_end = line_bounds(text, offset)
@@ -230,9 +312,10 @@ def find_hole(
 
     if not left.strip() and not right.strip():
         # A blank line: a block of statements may go here.
-        prev = neighbour_line(text, line_start, -1)
+        above = _neighbour(text, line_start, -1)
+        prev = text[above[0] : above[1]] if above is not None else None
         nxt = neighbour_line(text, line_end, 1)
-        prev_indent = _leading_ws(prev) if prev is not None else ""
+        prev_indent = _statement_indent(text, above[0], prev, spec) if above is not None and prev is not None else ""
         opens = prev is not None and _opens_block(prev, spec)
         if left:
             indent = left  # the editor has indented the line: trust it
@@ -250,8 +333,9 @@ def find_hole(
         if _opens_block(left, spec):
             # The end of a line that opens a block: statements go on the lines below.
             nxt = neighbour_line(text, line_end, 1)
-            inner = current_indent + unit
-            empty_body = nxt is None or len(_leading_ws(nxt)) <= len(current_indent)
+            base = _statement_indent(text, line_start, line, spec)
+            inner = base + unit
+            empty_body = nxt is None or len(_leading_ws(nxt)) <= len(base)
             if nxt is not None and not empty_body:
                 inner = _leading_ws(nxt)
             return make("body" if empty_body else "block", offset, line_end,
@@ -262,10 +346,11 @@ def find_hole(
     stripped_left = left.rstrip()
     if stripped_left.endswith("{") and right.lstrip().startswith("}") and syntax.in_block is not False:
         # `{|}`: an empty body on one line becomes an indented block.
-        inner = current_indent + unit
+        base = _statement_indent(text, line_start, left, spec)
+        inner = base + unit
         end = offset + (len(right) - len(right.lstrip()))
         return make("body", offset, end, BODY_TOKENS, False,
-                    lead="\n" + inner, trail="\n" + current_indent, indent=inner)
+                    lead="\n" + inner, trail="\n" + base, indent=inner)
 
     right_content = right.rstrip()
     auto_closed = _AUTO_CLOSED.fullmatch(right_content) is not None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from lsp_server import languages
 from lsp_server.holes import Hole, line_bounds, neighbour_line
 from lsp_server.languages import LanguageSpec
@@ -16,13 +18,19 @@ def _indent_width(line: str) -> int:
     return len(line) - len(line.lstrip(" \t"))
 
 
-def bracket_scan(text: str) -> tuple[str, str]:
-    """(closers with no opener in text, in order; openers left unclosed, in order), skipping quoted text."""
+# A Rust character literal ('a', '\n', '\u{1F600}'); any other `'` in Rust starts a lifetime (`&'a str`) or a label.
+_CHAR_LITERAL = re.compile(r"'(?:\\u\{[0-9a-fA-F]*\}|\\.|[^'\\])'")
+
+
+def bracket_scan(text: str, lifetimes: bool = False) -> tuple[str, str]:
+    """(closers with no opener in text, in order; openers left unclosed, in order), skipping quoted text.
+
+    With lifetimes (Rust), a `'` is a quote only where it opens a character literal."""
     stack: list[str] = []
     unmatched: list[str] = []
     quote = ""
     escaped = False
-    for ch in text:
+    for i, ch in enumerate(text):
         if quote:
             if escaped:
                 escaped = False
@@ -32,7 +40,8 @@ def bracket_scan(text: str) -> tuple[str, str]:
                 quote = ""
             continue
         if ch in "\"'`":
-            quote = ch
+            if not (lifetimes and ch == "'" and _CHAR_LITERAL.match(text, i) is None):
+                quote = ch
         elif ch in _CLOSE_OF:
             stack.append(ch)
         elif ch in _OPEN_OF:
@@ -41,6 +50,11 @@ def bracket_scan(text: str) -> tuple[str, str]:
             elif not stack:
                 unmatched.append(ch)
     return "".join(unmatched), "".join(stack)
+
+
+def _lifetimes(hole: Hole) -> bool:
+    """Whether a `'` in the hole's language may be a lifetime rather than a quote."""
+    return hole.language == "rust"
 
 
 def _line_before(hole: Hole, document: str) -> str:
@@ -73,7 +87,7 @@ def _restyle_indent(line: str, unit: str) -> str:
     return lead + body
 
 
-def _strip_repeated_closers(body: str, rest_of_line: str) -> str:
+def _strip_repeated_closers(body: str, rest_of_line: str, lifetimes: bool = False) -> str:
     """Drop what the fill writes again of the rest of the line: all of it, or the longest tail of closing brackets
     and punctuation (`)`, `;`, ...) that the rest of the line starts with, or ends with when it holds nothing else
     (the auto-closed `));` after a fill `a, b) => a + b);`). A closer of a bracket the fill opened stays."""
@@ -81,7 +95,7 @@ def _strip_repeated_closers(body: str, rest_of_line: str) -> str:
     if rest_of_line and stripped.endswith(rest_of_line):
         return stripped[: len(stripped) - len(rest_of_line)]
     enders = len(stripped) - len(stripped.rstrip(_LINE_ENDERS))
-    _, still_open = bracket_scan(stripped[: len(stripped) - enders])
+    _, still_open = bracket_scan(stripped[: len(stripped) - enders], lifetimes)
     # Closers at the end that close no bracket of the fill's own: only these may go.
     spare = sum(ch in _OPEN_OF for ch in stripped[len(stripped) - enders :]) - len(still_open)
     only_enders = bool(rest_of_line) and not rest_of_line.strip(_LINE_ENDERS)
@@ -107,7 +121,7 @@ def dedupe_against_suffix(hole: Hole, fill: str, document: str) -> str:
     if len(lines) == 1:
         if rest_of_line.startswith(fill.strip()):
             return ""
-        fill = _strip_repeated_closers(fill, rest_of_line)
+        fill = _strip_repeated_closers(fill, rest_of_line, _lifetimes(hole))
         lines = [fill]
     # Whole lines that repeat the next line of code: the fill stops before them.
     following = neighbour_line(after, rest_end, 1)
@@ -147,10 +161,10 @@ def _filled(document: str, hole: Hole, fill: str) -> str:
     return document[: hole.start] + hole.insert_text(fill) + document[hole.end :]
 
 
-def _repairs(fill: str) -> list[str]:
+def _repairs(fill: str, lifetimes: bool = False) -> list[str]:
     """Shorter or balanced versions of a fill to try when it breaks the parse."""
     out: list[str] = []
-    unmatched, unclosed = bracket_scan(fill)
+    unmatched, unclosed = bracket_scan(fill, lifetimes)
     if unclosed:
         out.append(fill + "".join(_CLOSE_OF[c] for c in reversed(unclosed)))
     if unmatched:
@@ -160,7 +174,9 @@ def _repairs(fill: str) -> list[str]:
         out.append(trimmed)
     last = fill.rstrip().rsplit("\n", 1)[-1]
     for quote in "'\"`":  # a string left open on the fill's last line: a stray closing quote, or a missing one
-        if _unescaped_count(last, quote) % 2:
+        if lifetimes and quote == "'":
+            continue  # in Rust a `'` not closing a character literal is a lifetime: nothing to balance
+        if _unescaped_count(_CHAR_LITERAL.sub("", last) if lifetimes else last, quote) % 2:
             trimmed = fill.rstrip()
             out.append(trimmed[:-1].rstrip() if trimmed.endswith(quote) else trimmed + quote)
     lines = fill.split("\n")
@@ -186,7 +202,7 @@ def _parse_checked(hole: Hole, fill: str, document: str, spec: LanguageSpec | No
     if errors_before is None:
         return fill  # too large to check
     best, best_errors = None, errors_before + 1
-    for candidate in [fill, *_repairs(fill)]:
+    for candidate in [fill, *_repairs(fill, _lifetimes(hole))]:
         after = languages.count_syntax_errors(spec, _filled(document, hole, candidate))
         if after is None:
             return candidate

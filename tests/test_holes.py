@@ -73,6 +73,23 @@ CASES = [
     ("c", "int f(int a) {|}\n", "body", False, "", "\n    ", "\n", ""),
     ("cpp", "int f() {\n    std::vector<int> v;\n    |\n    return 0;\n}\n", "block", False, "", "", "", ""),
     ("cpp", "int f() { // note|\n}\n", "line", True, "", "", "", ""),
+    # A block opened on a continuation line is indented from the line where its statement starts (PEP 8's aligned
+    # and hanging signatures, Go's and C's wrapped parameters), not from the continuation.
+    ("python", "def g():\n    pass\n\ndef f(a,\n      b):|\n\nx = 1\n", "body", False, "", "\n    ", "", ""),
+    ("python", "def f(\n        a, b,\n        c):|\n    return a\n", "block", False, "", "\n    ", "", ""),
+    ("python", "def f(a,\n      b):\n|\n\ndef g():\n    pass\n", "body", False, "", "    ", "", ""),
+    ("python", "def f():\n    x = foo(a,\n            b)\n|\n    return x\n", "block", False, "", "    ", "", ""),
+    ("go", "package main\n\nfunc g() {\n\treturn\n}\n\nfunc f(a int,\n\tb int) int {|}\n", "body", False, "",
+     "\n\t", "\n", ""),
+    ("c", "int g(void) {\n    return 0;\n}\n\nint f(int a,\n      int b) {|}\n", "body", False, "", "\n    ", "\n", ""),
+    ("rust", "fn g() {\n    h();\n}\n\nfn longest<'a>(x: &'a str,\n           y: &'a str) -> &'a str {|}\n", "body",
+     False, "", "\n    ", "\n", ""),
+    ("java", "class A {\n    void f(int a,\n           int b) {|\n    }\n}\n", "body", False, "", "\n        ", "", ""),
+    # A colon inside brackets or after a lambda's parameters opens no block.
+    ("python", "def f(xs):\n    return sorted(xs, key=lambda x:|\n", "line", True, "", "", "", ""),
+    ("python", "f = lambda x:|\n", "line", True, "", "", "", ""),
+    ("python", "d = {'a': 1, 'b':|\n", "line", True, "", "", "", ""),
+    ("python", "if f(lambda x: x):|\n", "body", False, "", "\n    ", "", ""),
     # No grammar: indentation and brackets only
     ("lua", "function f()\n  x = g(|)\nend\n", "arguments", True, ")", "", "", ")"),
     (None, "foo:\n|\n", "body", False, "", "    ", "", ""),
@@ -129,6 +146,19 @@ def test_hole_is_the_same_with_any_line_break(eol, language_id, marked, kind, si
     assert (hole.lead, hole.trail, hole.keep) == (lead, trail, keep)
 
 
+@pytest.mark.parametrize("language_id, marked, lead", [
+    ("c", "int f(int a) {\n    g(); // {\n|\n}\n", "    "),
+    ("javascript", "function f() {\n  g(); /* ( */ h(a,\n    b); // x:\n|\n}\n", "  "),
+    ("python", "def f():\n    g()  # see {\n|\n", "    "),
+    ("rust", "fn f(c: char) -> bool {\n    c == '(' && g(c)\n|\n}\n", "    "),
+])
+def test_comments_and_quoted_brackets_do_not_shape_a_blank_line(language_id, marked, lead) -> None:
+    """A bracket in a comment, a string or a character literal neither opens a block nor continues a statement."""
+    text, a, b = _split(marked)
+    hole = find_hole(text, a, language_id, b)
+    assert (hole.kind, hole.lead) == ("block", lead)
+
+
 def test_line_break_is_the_documents_first() -> None:
     assert line_break("a\r\nb\nc\r") == "\r\n"
     assert line_break("a\rb\r\n") == "\r"
@@ -166,6 +196,12 @@ def test_indent_unit_detection() -> None:
     assert detect_indent_unit("a:\n  b\n  c:\n    d\n") == "  "
     assert detect_indent_unit("func f() {\n\tx\n}\n") == "\t"
     assert detect_indent_unit("x\n", default="  ") == "  "
+    # A licence header's ` * ` lines and a continuation line aligned with its bracket are not the unit.
+    java = "/*\n * Licence.\n */\nclass A {\n   /** Doc. */\n    int f(int a,\n          int b) {\n        return a;\n    }\n}\n"
+    assert detect_indent_unit(java) == "    "
+    assert detect_indent_unit("/**\n * Doc.\n */\nfunction f() {\n  return 1;\n}\n") == "  "
+    # Only continuation lines indented: the default, not their alignment.
+    assert detect_indent_unit("def f(first,\n      second):\n", default="    ") == "    "
 
 
 def test_every_language_id_has_a_grammar_that_parses() -> None:

@@ -57,6 +57,11 @@ CASES = [
     ("javascript", "const m = |;\n", '"it\\"s', 'const m = "it\\"s";\n'),
     # ... but a quote inside another kind of string, or escaped, is no stray one.
     ("python", "x = |\n", '"don\'t"', 'x = "don\'t"\n'),
+    # A Rust lifetime is no quote: brackets after it are still closed, and a stray closer still dropped.
+    ("rust", "struct W<'a>(&'a str);\nfn f<'a>(s: &'a str) -> W<'a> {\n    |\n}\n", "W::<'a>(s",
+     "struct W<'a>(&'a str);\nfn f<'a>(s: &'a str) -> W<'a> {\n    W::<'a>(s)\n}\n"),
+    ("rust", "fn f<'a>(s: &'a str) -> &'a str {\n    let t: &'a str = s.trim_matches(|);\n    t\n}\n", "'(');",
+     "fn f<'a>(s: &'a str) -> &'a str {\n    let t: &'a str = s.trim_matches('(');\n    t\n}\n"),
     # A single-line hole keeps one line.
     ("python", "x = |\n", "1\ny = 2", "x = 1\n"),
     # Undecodable bytes and control characters end a fill.
@@ -140,3 +145,7 @@ def test_bracket_scan_ignores_strings() -> None:
     assert bracket_scan("f(')', a") == ("", "(")
     assert bracket_scan("a)]") == (")]", "")
     assert bracket_scan("[x](y)") == ("", "")
+    # In Rust a `'` is a quote only where a character literal starts; otherwise it is a lifetime.
+    assert bracket_scan("W::<'a>(s") == ("", "")  # read as a string to the end of the line
+    assert bracket_scan("W::<'a>(s", lifetimes=True) == ("", "(")
+    assert bracket_scan("f(')', '\\'', '\\u{29}', &'a x", lifetimes=True) == ("", "(")
