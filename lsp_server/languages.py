@@ -79,7 +79,9 @@ LANGUAGE_IDS: dict[str, str] = {
     "python": "python",
     "javascript": "javascript",
     "javascriptreact": "javascript",  # the JavaScript grammar parses JSX
+    "js": "javascript",  # Emacs eglot names js-mode's language so
     "typescript": "typescript",
+    "ts": "typescript",
     "typescriptreact": "tsx",
     "tsx": "tsx",
     "go": "go",

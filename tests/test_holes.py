@@ -210,3 +210,12 @@ def test_every_language_id_has_a_grammar_that_parses() -> None:
         assert spec is not None
         assert languages.count_syntax_errors(spec, "") == 0
         assert languages.count_syntax_errors(spec, "(((") > 0
+
+
+def test_language_ids_editors_send_find_their_grammar() -> None:
+    """VS Code's ids, and the short ones other clients send (eglot names js-mode's language `js`)."""
+    for language_id, name in [("javascript", "javascript"), ("js", "javascript"), ("javascriptreact", "javascript"),
+                              ("ts", "typescript"), ("typescriptreact", "tsx"), ("C++", "cpp"), ("cuda-cpp", "cpp")]:
+        spec = languages.spec_for(language_id)
+        assert spec is not None and spec.name == name, language_id
+    assert languages.spec_for("cobol") is None and languages.spec_for("") is None
