@@ -95,14 +95,15 @@ def parse_engine_mode(value: str) -> str:
     return value
 
 
-def make_engine_client(spec: EngineSpec, model_path: str | None, device: str, steps: int,
+def make_engine_client(spec: EngineSpec, model_path: str | None, device: str,
                        factory: str | None = None, notify: Notify | None = None) -> EngineClient:
-    """The engine client a spec asks for."""
+    """The engine client a spec asks for, with the engine's default steps: the language server sends its `steps`
+    setting with each fill, so a change of it needs no reload, and windows with other steps share one engine."""
     if spec.mode == "inprocess":
-        return InProcessEngine(model_path, device, steps, factory=factory, notify=notify)
+        return InProcessEngine(model_path, device, 0, factory=factory, notify=notify)
     from lsp_server.remote_engine import RemoteEngine  # sockets and process management only when asked for
 
-    return RemoteEngine(spec.mode, model_path, device, steps, factory=factory, token_file=spec.token_file,
+    return RemoteEngine(spec.mode, model_path, device, 0, factory=factory, token_file=spec.token_file,
                         idle_exit_minutes=spec.idle_exit_minutes, notify=notify, fill_timeout=spec.timeout_s)
 
 

@@ -203,7 +203,7 @@ class CodefillServer(LanguageServer):
 
     def _make_engine(self) -> EngineClient:
         s = self.settings
-        return make_engine_client(self.engine_spec, s.model_path, s.device, s.steps, factory=self.engine_factory,
+        return make_engine_client(self.engine_spec, s.model_path, s.device, factory=self.engine_factory,
                                   notify=self._notify)
 
     def _notify(self, level: int, message: str) -> None:
@@ -257,9 +257,11 @@ class CodefillServer(LanguageServer):
         old, self.settings = self.settings, parsed.settings
         if self.settings.log_file != old.log_file:
             self.set_log_file(self.settings.log_file)
-        engine_changed = (old.model_path, old.device, old.steps) != (
-            self.settings.model_path, self.settings.device, self.settings.steps
-        )
+        if self.settings != old:  # fills made under the old settings (steps, maxTokens, ...) are not reused
+            self.cache.clear()
+            self.ahead.clear()
+            self._drop_prefetches()
+        engine_changed = (old.model_path, old.device) != (self.settings.model_path, self.settings.device)
         if not engine_changed:
             return
         if self.engine.ready or self.engine_error is not None:

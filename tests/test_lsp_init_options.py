@@ -47,3 +47,29 @@ async def test_reload_after_a_settings_change_is_reported_with_progress(tiny_mod
         assert kinds[0] == "WorkDoneProgressBegin" and kinds[-1] == "WorkDoneProgressEnd"
     finally:
         await stop_server(client)
+
+
+async def test_a_steps_change_takes_effect_with_the_next_fill_without_a_reload(tmp_path: Path) -> None:
+    """`steps` goes with each fill: changing it reloads nothing (no second load reported) and the next fill, even
+    one the server had kept (for the same text and cursor), is asked for with the new value."""
+    import asyncio
+    import json
+
+    from lsp_fixtures.harness import FAKE_ENGINE, inline, open_doc
+
+    calls = tmp_path / "calls.jsonl"
+    client = await start_server(["--engine-factory", FAKE_ENGINE, "--debounce-ms", "0"],
+                                init_options={"steps": 6, "prefetch": False}, env={"CODEFILL_FAKE_LOG": str(calls)})
+    try:
+        uri = "file:///steps.py"
+        open_doc(client, uri, '# codefill-fake: "return a + b"\ndef f(a, b):\n    \n')
+        assert (await inline(client, uri, 2, 4)).items[0].insert_text == "return a + b"
+        client.workspace_did_change_configuration(types.DidChangeConfigurationParams(
+            settings={"codefill": {"steps": 9, "prefetch": False}}))
+        assert (await inline(client, uri, 2, 4)).items[0].insert_text == "return a + b"  # asked again, not reused
+        asked = [json.loads(line)["steps"] for line in calls.read_text().splitlines()]
+        assert asked == [6, 9], asked
+        await asyncio.sleep(0.5)  # a reload would have been reported by now
+        assert "codefill/load-model-2" not in client.progress_reports
+    finally:
+        await stop_server(client)

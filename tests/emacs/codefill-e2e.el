@@ -205,15 +205,15 @@ error."
       (cf-put :b2_prompts (- (length cf-prompts) (plist-get cf-results :b_prompts)))
       (cf-restore original))
 
-    ;; c. the settings form of the README, then M-x eglot-signal-didChangeConfiguration: the server reloads the
-    ;; model for the new `steps', and a fill at a second hole (not asked before) is made with it
+    ;; c. the settings form of the README, then M-x eglot-signal-didChangeConfiguration: a fill at a second hole
+    ;; (not asked before) is made with the new `steps', by the model already loaded
     (let ((before (cf-models-ready)))
       (cf-put :c_models_before before)
       (eval (car (read-from-string (plist-get cf-params :settings_form))) t)
       (cf-put :c_sent (eglot--workspace-configuration-plist server))
       (call-interactively #'eglot-signal-didChangeConfiguration)
-      (cf-put :c (cf-complete-at (plist-get cf-params :complete2) (plist-get cf-params :ready_timeout) (1+ before)))
-      (ignore-errors (cf-wait "the reload's log message" (lambda () (> (cf-models-ready) before)) 10))
+      (cf-put :c (cf-complete-at (plist-get cf-params :complete2) (plist-get cf-params :ready_timeout) before))
+      (accept-process-output nil 0.5)  ; a reload, were there one, would have logged by now
       (cf-put :c_models_after (cf-models-ready)))
     (set-buffer-modified-p nil)
 

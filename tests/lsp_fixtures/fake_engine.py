@@ -50,7 +50,7 @@ class FakeEngine:
         if log:
             with open(log, "a", encoding="utf-8") as f:
                 f.write(json.dumps({"prefix_tail": prefix[-80:], "suffix_head": suffix[:80], "max_tokens": max_tokens,
-                                    "single_line": single_line, "temperature": temperature}) + "\n")
+                                    "single_line": single_line, "steps": steps, "temperature": temperature}) + "\n")
         sleep = _SLEEP.search(context)
         if sleep:
             deadline = time.monotonic() + float(sleep.group(1))
