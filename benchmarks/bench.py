@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for the server to load")
     s.add_argument("--pause-ms", type=non_negative_int, default=400,
                    help="next line: how long the user reads a suggestion before accepting it and pressing Enter")
+    s.add_argument("--debounce-ms", type=non_negative_int, default=0,
+                   help="the server's debounceMs (0: the fill alone; the server's default is 75), counted in the "
+                   "latency")
     s.add_argument("--out", type=output_file, default=None, help="write results as JSON here")
     s.add_argument("--plot", type=output_file, default=None, help="write a PNG plot here")
     s.add_argument("--omp-passive", action="store_true", help="start the server with OMP_WAIT_POLICY=PASSIVE")
@@ -191,14 +194,14 @@ def cmd_lsp(args: argparse.Namespace) -> int:
         args.reps, args.warmup = min(args.reps, 2), min(args.warmup, 1)
     hw = hardware()
     print(f"hardware: {describe_hardware(hw)}")
-    print(f"model: {source.weights}; device {args.device}; server debounce 0 ms; steps "
+    print(f"model: {source.weights}; device {args.device}; server debounce {args.debounce_ms} ms; steps "
           f"{args.steps or 'engine default'}; {args.reps} timed requests per hole kind after {args.warmup} warm-up",
           flush=True)
     result = lsp_bench.run(source.path, device=args.device, steps=args.steps, reps=args.reps, warmup=args.warmup,
-                           load_timeout=args.timeout, pause_s=args.pause_ms / 1000)
+                           load_timeout=args.timeout, pause_s=args.pause_ms / 1000, debounce_ms=args.debounce_ms)
     data = {"benchmark": "lsp", "created": _now(), "hardware": hw, "model": source.describe(),
             "settings": {"device": args.device, "steps": args.steps, "reps": args.reps, "warmup": args.warmup,
-                         "debounce_ms": 0, "pause_ms": args.pause_ms}, **result}
+                         "debounce_ms": args.debounce_ms, "pause_ms": args.pause_ms}, **result}
     print(lsp_bench.table(result))
     write_json(args.out, data)
     if args.plot:

@@ -1,13 +1,14 @@
 """`codefill bench lsp`: request-to-answer latency of textDocument/inlineCompletion through the real server.
 
-A pygls LanguageClient starts `python -m lsp_server` over stdio, initializes it with the debounce set to 0
-(initializationOptions), waits for the model load to end ($/progress), opens a real Python file (a standard
-library module) and, for each sample, makes a hole with an incremental didChange the way typing would, asks for an
-inline completion at it, times the request to its answer, and undoes the edit. One-line holes cut a statement
-mid-line; multi-line holes are a new blank line inside a block. Each kind runs with the server's prefetch setting
-on (the default), then off over the same holes: with it on, every answer starts a fill of the next line ahead,
-which the next request cancels, so "off" shows what that costs the requests that follow. Every hole is a different place in the file, so the
-server's type-through cache never answers for the engine.
+A pygls LanguageClient starts `python -m lsp_server` over stdio, initializes it with the debounce set to 0 (or
+--debounce-ms: the wait is then part of every latency), waits for the model load to end ($/progress), opens a real
+Python file (a standard library module) and, for each sample, makes a hole with an incremental didChange the way
+typing would, asks for an inline completion at it, times the request to its answer, and undoes the edit. One-line
+holes cut a statement mid-line; multi-line holes are a new blank line inside a block. Each hole is timed with the
+server's prefetch setting on (the default) and off, in alternating order, each time right after an untimed request
+at another hole: with prefetch on, that answer starts a fill of the next line ahead, which the timed request, made
+at once, cancels, so "off" shows what the work done ahead costs the requests that follow. Every hole is a different
+place in the file, so the server's type-through cache never answers for the engine.
 
 "Next line" follows a user through one suggestion: a one-line hole is made and filled (not timed), the user reads
 the ghost text for --pause-ms, accepts it and presses Enter (the new line indented as VS Code's Python rules do:
@@ -221,11 +222,11 @@ class BenchClient:
 
 
 async def _run(model: Path, device: str, steps: int, reps: int, warmup: int, load_timeout: float,
-               pause_s: float = 0.4) -> dict[str, Any]:
+               pause_s: float = 0.4, debounce_ms: int = 0) -> dict[str, Any]:
     text = code_text()
     edits = plan(text, max(reps + warmup, 1))
     followed = next_line_plan(text, 2 * (reps + warmup), {e.cursor[0] for e in edits})
-    init = {"debounceMs": 0, "modelPath": str(model), "device": device, "candidates": 1}
+    init = {"debounceMs": debounce_ms, "modelPath": str(model), "device": device, "candidates": 1}
     if steps:
         init["steps"] = steps
     bench = BenchClient()
@@ -239,26 +240,7 @@ async def _run(model: Path, device: str, steps: int, reps: int, warmup: int, loa
         bench.open(text)
         rows = []
         for kind in KINDS:
-            mine = [e for e in edits if e.kind == kind]
-            for prefetch in (True, False):  # the same holes; off measures what the work done ahead costs the rest
-                bench.configure({"prefetch": prefetch})
-                seconds: list[float] = []
-                answered = 0
-                samples: list[str] = []
-                for j, e in enumerate(mine[: warmup + reps]):
-                    bench.change(e.make)
-                    dt, answer = await bench.inline(*e.cursor)
-                    bench.change(e.undo)
-                    items = getattr(answer, "items", answer) or []
-                    if j >= warmup:
-                        seconds.append(dt)
-                        answered += bool(items)
-                        if items and len(samples) < 3:
-                            samples.append(items[0].insert_text)
-                stats = summarize(seconds)
-                rows.append({"hole": kind + ("" if prefetch else ", prefetch off"),
-                             "server_hole_kind": mine[0].hole_kind, "prefetch": prefetch, **stats.to_dict(),
-                             "answered": answered, "samples": samples})
+            rows += await _kind_rows(bench, kind, [e for e in edits if e.kind == kind], warmup, reps)
         rows += await _next_lines(bench, text, followed, warmup, pause_s)
     except BaseException:
         sys.stderr.write(bench.stderr.decode(errors="replace")[-3000:])
@@ -266,6 +248,37 @@ async def _run(model: Path, device: str, steps: int, reps: int, warmup: int, loa
     finally:
         await bench.stop()
     return {"rows": rows, "server_load_s": load_s, "server_messages": bench.messages[-10:]}
+
+
+async def _kind_rows(bench: BenchClient, kind: str, mine: list[HoleEdit], warmup: int,
+                     reps: int) -> list[dict[str, Any]]:
+    """A kind's rows, prefetch on and off: each hole is timed under both settings, in alternating order, each time
+    right after an untimed request at another hole (whose answer starts a fill ahead when prefetch is on)."""
+    seconds: dict[bool, list[float]] = {True: [], False: []}
+    answered = {True: 0, False: 0}
+    samples: dict[bool, list[str]] = {True: [], False: []}
+    holes = mine[: warmup + reps]
+    for j, e in enumerate(holes):
+        lead = mine[(j + len(holes) // 2) % len(mine)] if len(mine) > 1 else e
+        for prefetch in ((True, False) if j % 2 == 0 else (False, True)):
+            bench.configure({"prefetch": prefetch})
+            bench.change(lead.make)
+            await bench.inline(*lead.cursor)
+            bench.change(lead.undo)
+            bench.change(e.make)
+            dt, answer = await bench.inline(*e.cursor)
+            bench.change(e.undo)
+            if j < warmup:
+                continue
+            items = getattr(answer, "items", answer) or []
+            seconds[prefetch].append(dt)
+            answered[prefetch] += bool(items)
+            if items and len(samples[prefetch]) < 3:
+                samples[prefetch].append(items[0].insert_text)
+    bench.configure({})
+    return [{"hole": kind + ("" if prefetch else ", prefetch off"), "server_hole_kind": mine[0].hole_kind,
+             "prefetch": prefetch, **summarize(seconds[prefetch]).to_dict(), "answered": answered[prefetch],
+             "samples": samples[prefetch]} for prefetch in (True, False)]
 
 
 async def _next_lines(bench: BenchClient, text: str, edits: list[HoleEdit], warmup: int,
@@ -312,9 +325,9 @@ async def _next_lines(bench: BenchClient, text: str, edits: list[HoleEdit], warm
 
 
 def run(model: Path, device: str = "cpu", steps: int = 0, reps: int = 10, warmup: int = 2,
-        load_timeout: float = 300.0, pause_s: float = 0.4) -> dict[str, Any]:
+        load_timeout: float = 300.0, pause_s: float = 0.4, debounce_ms: int = 0) -> dict[str, Any]:
     """Start the server, time the requests, stop it; JSON-ready results."""
-    return asyncio.run(_run(model, device, steps, reps, warmup, load_timeout, pause_s))
+    return asyncio.run(_run(model, device, steps, reps, warmup, load_timeout, pause_s, debounce_ms))
 
 
 def table(result: dict[str, Any]) -> str:

@@ -8,6 +8,7 @@ call can recompute only a block of positions (the masked span) against the cache
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from engine.config import ModelConfig
+from engine.errors import FillCancelled
 
 
 class RMSNorm(nn.Module):
@@ -264,6 +266,7 @@ class DiffusionLM(nn.Module):
         start: int = 0,
         fill_cache: bool = False,
         hidden_only: bool = False,
+        cancel: threading.Event | None = None,
     ) -> tuple[Tensor, KVCache | None]:
         """Logits [B, S, V] for ids.
 
@@ -271,7 +274,8 @@ class DiffusionLM(nn.Module):
         every layer are returned as a new KVCache. With hidden_only the final normed hidden states [B, S, H] are
         returned instead of logits (apply lm_head to the rows that matter). Block mode (cache given, fill_cache False): ids are the window
         positions start..start+S, their keys and values are written into the cache, and attention reads the whole
-        cached window.
+        cached window. A cancel event set during the pass raises FillCancelled at the next layer (eager only: a
+        whole-window pass of the built-in model is ~80 ms on a CPU core, too long for a newer request to wait out).
         """
         b, s = ids.shape
         if positions is None:
@@ -284,6 +288,8 @@ class DiffusionLM(nn.Module):
         keys: list[Tensor] = []
         values: list[Tensor] = []
         for i, layer in enumerate(self.layers):
+            if cancel is not None and cancel.is_set():
+                raise FillCancelled("fill cancelled")
             layer_cache = None
             if cache is not None and not fill_cache:
                 layer_cache = (cache.keys[i], cache.values[i])

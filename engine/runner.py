@@ -237,11 +237,11 @@ class Runner:
             ids[:, s0 : s0 + k] = span
             if not cache or step % refresh == 0 or state["cache"] is None:
                 hidden, kv = self.model(ids, positions=lay.positions, key_mask=lay.key_mask, fill_cache=cache,
-                                        hidden_only=True)  # [B, T, H]
+                                        hidden_only=True, cancel=cancel)  # [B, T, H]
                 state["cache"] = kv
                 return self.model.lm_head(hidden[:, :k])  # [B, K, V]: the only rows the sampler reads
             hidden, _ = self.model(ids[:, : s0 + k], positions=lay.positions[:, : s0 + k], key_mask=lay.key_mask,
-                                   cache=state["cache"], start=0, hidden_only=True)  # [B, K+shift, H]
+                                   cache=state["cache"], start=0, hidden_only=True, cancel=cancel)  # [B, K+shift, H]
             return self.model.lm_head(hidden[:, :k])  # [B, K, V]
 
         return denoise(predict, span, tok.mask_id, stop, tok.end_id, cfg, cancel, allowed, check)

@@ -285,3 +285,27 @@ def test_fills_never_carry_broken_characters(tiny_model_dir: Path, monkeypatch: 
     monkeypatch.setattr(eng.runner, "run", fake_run)
     f = eng.fill("s = '", "'\n", 8)
     assert f.text == "x" and f.ended  # cut before the broken byte; nothing after it is asked for
+
+
+def test_a_fill_cancelled_during_a_forward_pass_stops_at_the_next_layer(tiny_model_dir: Path) -> None:
+    """Cancelling does not wait for a whole-window pass to end: the model checks between layers."""
+    import threading
+
+    from engine.errors import FillCancelled
+
+    engine = Engine.from_pretrained(tiny_model_dir, device="cpu", dtype="float32")
+    model = engine.runner.model
+    cancel = threading.Event()
+    ran: list[int] = []
+    hooks = [layer.register_forward_hook(lambda module, args, out, i=i: ran.append(i))
+             for i, layer in enumerate(model.layers)]
+    hooks.append(model.layers[0].register_forward_hook(lambda *_: cancel.set()))  # set mid-pass, after layer 0
+    try:
+        with pytest.raises(FillCancelled):
+            engine.fill("def f(x):\n    return ", "\n", 8, single_line=True, cancel=cancel)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert ran == [0] and len(model.layers) > 1
+    cancel.clear()
+    assert engine.fill("def f(x):\n    return ", "\n", 8, single_line=True, cancel=cancel).forward_passes > 0
