@@ -352,6 +352,22 @@ def find_hole(
         return make("body", offset, end, BODY_TOKENS, False,
                     lead="\n" + inner, trail="\n" + base, indent=inner)
 
+    if not left.strip() and right.lstrip().startswith("}") and spec is not None and not spec.indent_blocks \
+            and syntax.in_block is not False:
+        # `|}`: the cursor before a closing brace with nothing left of it: statements go on lines of their own
+        # above the brace, indented inside it, and the brace keeps its line.
+        closer = left + right[: len(right) - len(right.lstrip())]
+        above = _neighbour(text, line_start, -1)
+        prev = text[above[0] : above[1]] if above is not None else ""
+        base = _statement_indent(text, above[0], prev, spec) if above is not None else ""
+        if above is not None and _opens_block(prev, spec):
+            kind, budget, inner = "body", BODY_TOKENS, base + unit
+        else:
+            kind, budget, inner = "block", BLOCK_TOKENS, base if len(base) > len(closer) else closer + unit
+        lead = inner[len(left) :] if inner.startswith(left) else ""
+        return make(kind, offset, offset + len(closer) - len(left), budget, False,
+                    lead=lead, trail="\n" + closer, indent=left + lead)
+
     right_content = right.rstrip()
     auto_closed = _AUTO_CLOSED.fullmatch(right_content) is not None
     end, keep = (line_end, right_content) if auto_closed else (offset, "")

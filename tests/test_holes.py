@@ -219,3 +219,24 @@ def test_language_ids_editors_send_find_their_grammar() -> None:
         spec = languages.spec_for(language_id)
         assert spec is not None and spec.name == name, language_id
     assert languages.spec_for("cobol") is None and languages.spec_for("") is None
+
+
+@pytest.mark.parametrize(
+    ("language_id", "document", "filled"),
+    [
+        ("c", "int f(int a) {\n|}\n", "int f(int a) {\n    return a;\n}\n"),
+        ("javascript", "function f(a) {\n|}\n", "function f(a) {\n  return a;\n}\n"),
+        ("go", "func f() {\n\tx := 1\n|}\n", "func f() {\n\tx := 1\n\treturn a;\n}\n"),
+        ("c", "void f() {\n    if (x) {\n        a();\n    |}\n}\n",
+         "void f() {\n    if (x) {\n        a();\n        return a;\n    }\n}\n"),
+        ("rust", "fn f() {\n|    }\n", "fn f() {\n    return a;\n    }\n"),
+    ],
+)
+def test_cursor_before_a_closing_brace_fills_lines_above_it(language_id: str, document: str, filled: str) -> None:
+    """Nothing left of the cursor and a `}` right of it: the fill gets lines of its own inside the block, and the
+    brace keeps its line and indentation (it was written in front of the brace: `return a;}`)."""
+    offset = document.index("|")
+    text = document.replace("|", "")
+    hole = find_hole(text, offset, language_id)
+    assert not hole.single_line and hole.kind in ("body", "block")
+    assert text[: hole.start] + hole.insert_text("return a;") + text[hole.end :] == filled
