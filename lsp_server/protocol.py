@@ -15,6 +15,25 @@ log = logging.getLogger("codefill.server")
 
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # a longer Content-Length is taken for a broken header
 
+# JSON-RPC error codes that say the client sent something wrong: answered as such, not the server's failure.
+CLIENT_ERROR_CODES = frozenset({-32700, -32600, -32601, -32602, -32002})
+
+
+def is_client_error(error: BaseException | None) -> bool:
+    """Whether an error raised by a handler is an answer to bad input (invalid params, unknown command, ...)."""
+    return isinstance(error, JsonRpcException) and error.code in CLIENT_ERROR_CODES
+
+
+class ClientErrorFilter(logging.Filter):
+    """Drops pygls's "Exception occurred" records (with a traceback, at ERROR) for errors that answer bad input:
+    the client gets its error response and the server logs one warning line (CodefillServer.report_server_error)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and is_client_error(record.exc_info[1]))
+
+
+CLIENT_ERROR_FILTER = ClientErrorFilter()
+
 
 class CodefillProtocol(LanguageServerProtocol):
     """pygls's protocol, but every request gets an answer: one whose params do not parse, one that comes after

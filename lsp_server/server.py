@@ -29,7 +29,7 @@ from lsp_server.engine_client import EngineClient, EngineSpec, EngineUnavailable
 from lsp_server.holes import Hole
 from lsp_server.options import Settings, parse_settings
 from lsp_server.positions import Pos, line_count, line_starts, offset_at, plain_breaks, position_at
-from lsp_server.protocol import CodefillProtocol
+from lsp_server.protocol import CLIENT_ERROR_FILTER, CodefillProtocol, is_client_error
 
 log = logging.getLogger("codefill.server")
 
@@ -177,6 +177,7 @@ class CodefillServer(LanguageServer):
             text_document_sync_kind=types.TextDocumentSyncKind.Incremental,
             protocol_cls=CodefillProtocol,
         )
+        logging.getLogger("pygls.protocol.json_rpc").addFilter(CLIENT_ERROR_FILTER)  # once: a filter is a set member
         self.settings = settings or Settings()
         self.start_settings = self.settings  # the command line's, then with initializationOptions over them
         self.problems_shown: set[str] = set()
@@ -234,6 +235,9 @@ class CodefillServer(LanguageServer):
             self.protocol._send_data(
                 {"jsonrpc": "2.0", "id": None, "error": {"code": -32700, "message": f"Parse error: {error}"}}
             )
+            return
+        if is_client_error(error):
+            log.warning("bad request from the client (%s): %s", getattr(source, "__name__", source), error)
             return
         log.error("server error (%s): %s", getattr(source, "__name__", source), error)
 

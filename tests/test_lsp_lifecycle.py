@@ -220,6 +220,38 @@ def test_malformed_json_rpc_on_stdin_is_answered_and_survived() -> None:
             proc.wait()
 
 
+def test_bad_commands_are_answered_and_logged_as_the_clients_mistake(tmp_path: Path) -> None:
+    """workspace/executeCommand with wrong arguments or an unknown command: an InvalidParams answer, and on stderr
+    one warning line each, no ERROR and no traceback (nothing went wrong in the server)."""
+    stderr = tmp_path / "stderr.txt"
+    with stderr.open("wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "lsp_server", *FAKE], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=err, env=server_env(), cwd=REPO)
+    try:
+        assert proc.stdin is not None and proc.stdout is not None
+        send = lambda data: (proc.stdin.write(_frame(data)), proc.stdin.flush())  # noqa: E731
+        send({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"capabilities": {}}})
+        bad = [["file:///x.py", "not a range"], [1], "oops"]
+        for n, arguments in enumerate(bad, start=2):
+            send({"jsonrpc": "2.0", "id": n, "method": "workspace/executeCommand",
+                  "params": {"command": "codefill.fill", "arguments": arguments}})
+        send({"jsonrpc": "2.0", "id": 5, "method": "workspace/executeCommand",
+              "params": {"command": "codefill.noSuchCommand", "arguments": []}})
+        send({"jsonrpc": "2.0", "id": 6, "method": "shutdown"})
+        got = _responses(proc.stdout, {1, 2, 3, 4, 5, 6})
+        assert all(got[n]["error"]["code"] == -32602 for n in (2, 3, 4, 5)), got
+        assert "not a range" in got[2]["error"]["message"] and "noSuchCommand" in got[5]["error"]["message"]
+        send({"jsonrpc": "2.0", "method": "exit"})
+        assert proc.wait(timeout=10) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    log = stderr.read_text()
+    assert log.count("WARNING codefill.server: bad request from the client") == 4, log
+    assert "ERROR" not in log and "Traceback" not in log, log
+
+
 def test_exit_without_shutdown_is_an_error_exit() -> None:
     proc = subprocess.Popen([sys.executable, "-m", "lsp_server", *FAKE], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=server_env(), cwd=REPO)
