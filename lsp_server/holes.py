@@ -52,6 +52,7 @@ class Hole:
     single_line: bool
     in_comment: bool = False
     unit: str = "    "  # the document's indentation unit (detect_indent_unit)
+    tab_columns: int = 0  # TAB_COLUMNS where the document's tabs stand for 8 columns of space units (GNU style)
     line_break: str = "\n"  # the document's line break (line_break): what the insert's breaks become
     language: str = ""  # the grammar's name (languages.SPECS), "" without one
 
@@ -64,8 +65,24 @@ def _leading_ws(line: str) -> str:
     return line[: len(line) - len(line.lstrip(" \t"))]
 
 
+TAB_COLUMNS = 8  # where a file indents with spaces and writes each 8 columns as a tab (GNU style)
+
+
+def indent_columns(ws: str) -> int:
+    """The width of leading whitespace in columns, a tab reaching the next multiple of TAB_COLUMNS (in a file
+    indented with tabs alone, or spaces alone, the order of widths is the same for any tab width)."""
+    return len(ws.expandtabs(TAB_COLUMNS))
+
+
 def detect_indent_unit(text: str, default: str = "    ") -> str:
-    """The document's indentation unit: a tab, or in spaces the step most often taken into a block.
+    """The document's indentation unit (see indent_style)."""
+    return indent_style(text, default)[0]
+
+
+def indent_style(text: str, default: str = "    ") -> tuple[str, int]:
+    """The document's indentation unit (a tab, or in spaces the step most often taken into a block) and its tab
+    columns: TAB_COLUMNS when the file indents in steps of spaces and writes each 8 columns as a tab (GNU style:
+    2, 4 and 6 spaces, then a tab, a tab and 2 spaces, ...), else 0.
 
     A step counts when the line above ends with something that opens a block (`{`, `:`, `(`, `[`): the lines of a
     block comment (` * ...` under `/**`, a licence header in nearly every Java or C file) and continuation lines
@@ -73,6 +90,7 @@ def detect_indent_unit(text: str, default: str = "    ") -> str:
     belongs to continuation lines."""
     steps: dict[int, int] = {}
     previous: tuple[int, str] | None = None  # the width and last character of the last code line
+    tab_lines = space_lines = 0
     lines = text[:INDENT_SCAN_CHARS].splitlines()
     if len(text) > INDENT_SCAN_CHARS:
         lines.pop()  # cut short: its indentation may be too
@@ -80,20 +98,31 @@ def detect_indent_unit(text: str, default: str = "    ") -> str:
         if i > 2000:
             break
         body = line.strip()
-        if not body:
-            continue
-        if line.startswith("\t"):
-            return "\t"
-        if body.startswith(("*", "/*", "//", "#")):
+        if not body or body.startswith(("*", "/*", "//", "#")):
             continue  # comments say nothing about the code's indentation
-        width = len(line) - len(line.lstrip(" "))
+        lead = line[: len(line) - len(line.lstrip(" \t"))]
+        tab_lines += lead.startswith("\t")
+        space_lines += lead.startswith(" ") and indent_columns(lead) < TAB_COLUMNS
+        width = indent_columns(lead)
         if previous is not None and width > previous[0] and previous[1] in "{:([":
             steps[width - previous[0]] = steps.get(width - previous[0], 0) + 1
         previous = (width, body[-1])
+    mixed = tab_lines and space_lines >= max(3, tab_lines // 5)  # a few stray space-indented lines do not count
+    if tab_lines and not mixed:
+        return "\t", 0
     if steps:
         step = max(sorted(steps), key=lambda k: steps[k])  # the most common; the smallest of equals
-        return " " * min(max(step, 2), 8)
-    return default
+        if not mixed or step < TAB_COLUMNS:
+            return " " * min(max(step, 2), 8), TAB_COLUMNS if mixed else 0
+    return ("\t", 0) if tab_lines else (default, 0)
+
+
+def encode_indent(ws: str, tab_columns: int) -> str:
+    """Leading whitespace as the document writes it: with tab columns, a tab for each 8 columns, then spaces."""
+    if not tab_columns:
+        return ws
+    columns = indent_columns(ws)
+    return "\t" * (columns // tab_columns) + " " * (columns % tab_columns)
 
 
 # One line's tokens that matter to brackets: comments (a `/* ... */` inside the line is skipped, any other runs to
@@ -288,13 +317,17 @@ def find_hole(
             suffix=_clip_suffix(trail + keep + text[end:]),
             lead=lead, trail=trail, keep=keep, indent=indent,
             max_tokens=max(1, min(budget, cap)), single_line=single, in_comment=in_comment,
-            unit=unit, line_break=line_break(text), language=spec.name if spec else "",
+            unit=unit, tab_columns=tab_columns, line_break=line_break(text), language=spec.name if spec else "",
         )
 
     line_start, line_end = line_bounds(text, offset)
     line = text[line_start:line_end]
     current_indent = _leading_ws(line)
-    unit = detect_indent_unit(text, spec.indent_unit if spec else "    ")
+    unit, tab_columns = indent_style(text, spec.indent_unit if spec else "    ")
+
+    def inside(ws: str) -> str:
+        """One level in from ws, written as the document writes indentation."""
+        return encode_indent(ws + unit, tab_columns)
 
     if selection_end is not None and selection_end != offset:
         start, end = sorted((offset, min(max(selection_end, 0), len(text))))
@@ -320,10 +353,10 @@ def find_hole(
         if left:
             indent = left  # the editor has indented the line: trust it
         else:
-            indent = prev_indent + unit if opens else prev_indent
-            if nxt is not None and not opens and len(_leading_ws(nxt)) > len(indent):
+            indent = inside(prev_indent) if opens else prev_indent
+            if nxt is not None and not opens and indent_columns(_leading_ws(nxt)) > indent_columns(indent):
                 indent = _leading_ws(nxt)
-        empty_body = opens and (nxt is None or len(_leading_ws(nxt)) <= len(prev_indent))
+        empty_body = opens and (nxt is None or indent_columns(_leading_ws(nxt)) <= indent_columns(prev_indent))
         lead = indent[len(left):] if indent.startswith(left) else ""
         kind: HoleKind = "body" if empty_body else "block"
         return make(kind, offset, line_end, BODY_TOKENS if empty_body else BLOCK_TOKENS, False,
@@ -334,8 +367,8 @@ def find_hole(
             # The end of a line that opens a block: statements go on the lines below.
             nxt = neighbour_line(text, line_end, 1)
             base = _statement_indent(text, line_start, line, spec)
-            inner = base + unit
-            empty_body = nxt is None or len(_leading_ws(nxt)) <= len(base)
+            inner = inside(base)
+            empty_body = nxt is None or indent_columns(_leading_ws(nxt)) <= indent_columns(base)
             if nxt is not None and not empty_body:
                 inner = _leading_ws(nxt)
             return make("body" if empty_body else "block", offset, line_end,
@@ -347,7 +380,7 @@ def find_hole(
     if stripped_left.endswith("{") and right.lstrip().startswith("}") and syntax.in_block is not False:
         # `{|}`: an empty body on one line becomes an indented block.
         base = _statement_indent(text, line_start, left, spec)
-        inner = base + unit
+        inner = inside(base)
         end = offset + (len(right) - len(right.lstrip()))
         return make("body", offset, end, BODY_TOKENS, False,
                     lead="\n" + inner, trail="\n" + base, indent=inner)
@@ -361,9 +394,10 @@ def find_hole(
         prev = text[above[0] : above[1]] if above is not None else ""
         base = _statement_indent(text, above[0], prev, spec) if above is not None else ""
         if above is not None and _opens_block(prev, spec):
-            kind, budget, inner = "body", BODY_TOKENS, base + unit
+            kind, budget, inner = "body", BODY_TOKENS, inside(base)
         else:
-            kind, budget, inner = "block", BLOCK_TOKENS, base if len(base) > len(closer) else closer + unit
+            deeper = indent_columns(base) > indent_columns(closer)
+            kind, budget, inner = "block", BLOCK_TOKENS, base if deeper else inside(closer)
         lead = inner[len(left) :] if inner.startswith(left) else ""
         return make(kind, offset, offset + len(closer) - len(left), budget, False,
                     lead=lead, trail="\n" + closer, indent=left + lead)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from lsp_server import languages
-from lsp_server.holes import Hole, line_bounds, neighbour_line
+from lsp_server.holes import Hole, encode_indent, indent_columns, line_bounds, neighbour_line
 from lsp_server.languages import LanguageSpec
 
 _CLOSE_OF = {"(": ")", "[": "]", "{": "}"}
@@ -15,7 +15,8 @@ _MAX_REPAIRS = 6
 
 
 def _indent_width(line: str) -> int:
-    return len(line) - len(line.lstrip(" \t"))
+    """A line's indentation in columns (holes.indent_columns)."""
+    return indent_columns(line[: len(line) - len(line.lstrip(" \t"))])
 
 
 # A Rust character literal ('a', '\n', '\u{1F600}'); any other `'` in Rust starts a lifetime (`&'a str`) or a label.
@@ -69,9 +70,9 @@ def _shape_lines(hole: Hole, fill: str) -> str:
     tab becomes one unit). A model that learnt from space-indented code writes spaces, which mixed with the file's
     tabs is an error in Python and against the style of Go."""
     lines = fill.split("\n")
-    lines = lines[:1] + [_restyle_indent(ln, hole.unit) for ln in lines[1:]]
+    lines = lines[:1] + [_restyle_indent(ln, hole.unit, hole.tab_columns) for ln in lines[1:]]
     if hole.kind in ("block", "body"):
-        width = len(hole.indent)
+        width = indent_columns(hole.indent)
         for i in range(1, len(lines)):
             if lines[i].strip() and _indent_width(lines[i]) < width:
                 lines = lines[:i]  # the block ends here; what follows is code already after it
@@ -79,11 +80,15 @@ def _shape_lines(hole: Hole, fill: str) -> str:
     return "\n".join(ln.rstrip() for ln in lines)
 
 
-def _restyle_indent(line: str, unit: str) -> str:
-    """A line's leading whitespace in the document's indentation character (see _shape_lines)."""
+def _restyle_indent(line: str, unit: str, tab_columns: int = 0) -> str:
+    """A line's leading whitespace in the document's indentation character (see _shape_lines); with tab columns
+    (GNU style), its width in columns written as the document writes it."""
     body = line.lstrip(" \t")
     lead = line[: len(line) - len(body)]
-    lead = lead.replace("    ", "\t") if unit == "\t" else lead.replace("\t", unit)
+    if tab_columns:
+        lead = encode_indent(lead, tab_columns)
+    else:
+        lead = lead.replace("    ", "\t") if unit == "\t" else lead.replace("\t", unit)
     return lead + body
 
 

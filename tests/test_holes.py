@@ -13,6 +13,7 @@ from lsp_server.holes import (
     SUFFIX_CHARS,
     detect_indent_unit,
     find_hole,
+    indent_style,
     line_break,
 )
 
@@ -240,3 +241,44 @@ def test_cursor_before_a_closing_brace_fills_lines_above_it(language_id: str, do
     hole = find_hole(text, offset, language_id)
     assert not hole.single_line and hole.kind in ("body", "block")
     assert text[: hole.start] + hole.insert_text("return a;") + text[hole.end :] == filled
+
+
+# GNU style: steps of two spaces, each 8 columns written as a tab.
+GNU_C = """int
+main (int argc, char **argv)
+{
+  int i;
+  for (i = 0; i < argc; i++)
+    {
+      if (argv[i][0] == '-')
+\t{
+\t  puts (argv[i]);
+\t  continue;
+\t}
+      puts (argv[i]);
+    }
+  return 0;
+}
+"""
+
+
+def test_indent_style_tells_gnu_tabs_from_tab_indentation() -> None:
+    assert indent_style(GNU_C) == ("  ", 8)
+    kernel = "int f(void)\n{\n\tif (x) {\n\t\ty();\n\t}\n\treturn 0;\n}\n"
+    assert indent_style(kernel) == ("\t", 0)
+    stray = kernel + "".join(f"int g{n}(void)\n{{\n  return {n};\n}}\n" for n in range(2))  # two odd lines
+    assert indent_style(stray) == ("\t", 0)
+    assert indent_style("def f():\n    return 1\n") == ("    ", 0)
+
+
+def test_gnu_style_blocks_are_indented_in_columns_with_tabs_for_eights() -> None:
+    """A blank line inside the braces at 8 columns: its statements go at 10 columns, a tab and two spaces (the
+    unit was taken for a tab, 8 columns deeper than GNU's 2)."""
+    text = GNU_C.replace("\t  continue;\n", "\t  continue;\n\n")
+    offset = text.index("\t  continue;\n") + len("\t  continue;\n")
+    hole = find_hole(text, offset, "c")
+    assert hole.kind == "block" and hole.indent == "\t  " and hole.unit == "  " and hole.tab_columns == 8
+    brace = GNU_C.index("      puts (argv[i]);\n    }")  # the end of the for's body: a new line at 6 columns
+    text = GNU_C[:brace] + "      if (x)\n\t{\n\n\t}\n" + GNU_C[brace:]
+    hole = find_hole(text, brace + len("      if (x)\n\t{\n"), "c")
+    assert hole.kind == "body" and hole.indent == "\t  "

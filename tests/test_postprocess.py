@@ -149,3 +149,16 @@ def test_bracket_scan_ignores_strings() -> None:
     assert bracket_scan("W::<'a>(s") == ("", "")  # read as a string to the end of the line
     assert bracket_scan("W::<'a>(s", lifetimes=True) == ("", "(")
     assert bracket_scan("f(')', '\\'', '\\u{29}', &'a x", lifetimes=True) == ("", "(")
+
+
+def test_a_fill_in_a_gnu_style_file_writes_eight_columns_as_a_tab() -> None:
+    """The model's later lines keep their width in columns, written as the file writes them: 8 spaces as a tab,
+    6 as spaces (not each tab as one two-space unit)."""
+    text = "int\nf (void)\n{\n  if (x)\n    {\n\n    }\n  if (y)\n    {\n      z ();\n\tw ();\n    }\n}\n"
+    offset = text.index("    {\n\n") + len("    {\n")
+    hole = find_hole(text, offset, "c")
+    assert hole.tab_columns == 8 and hole.indent == "      "
+    spec = languages.spec_for("c")
+    fill = "if (a)\n        b ();\n      c ();"
+    assert postprocess(hole, fill, text, spec, languages.count_syntax_errors(spec, text)) == \
+        "      if (a)\n\tb ();\n      c ();"
