@@ -385,10 +385,10 @@ def find_hole(
         return make("body", offset, end, BODY_TOKENS, False,
                     lead="\n" + inner, trail="\n" + base, indent=inner)
 
-    if not left.strip() and right.lstrip().startswith("}") and spec is not None and not spec.indent_blocks \
-            and syntax.in_block is not False:
-        # `|}`: the cursor before a closing brace with nothing left of it: statements go on lines of their own
-        # above the brace, indented inside it, and the brace keeps its line.
+    if not left.strip() and right.lstrip().startswith(("}", ")", "]")):
+        # `|}`: the cursor before a closing bracket with nothing left of it (a block's, an object's, a call's):
+        # statements, entries or arguments go on lines of their own above it, indented inside it, and the bracket
+        # keeps its line.
         closer = left + right[: len(right) - len(right.lstrip())]
         above = _neighbour(text, line_start, -1)
         prev = text[above[0] : above[1]] if above is not None else ""

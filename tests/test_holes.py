@@ -231,11 +231,14 @@ def test_language_ids_editors_send_find_their_grammar() -> None:
         ("c", "void f() {\n    if (x) {\n        a();\n    |}\n}\n",
          "void f() {\n    if (x) {\n        a();\n        return a;\n    }\n}\n"),
         ("rust", "fn f() {\n|    }\n", "fn f() {\n    return a;\n    }\n"),
+        ("javascript", "const o = {\n|}\n", "const o = {\n  return a;\n}\n"),  # an object: entries, alike
+        ("python", "x = {\n    'a': 1,\n|}\n", "x = {\n    'a': 1,\n    return a;\n}\n"),
+        ("python", "def f():\n    return g(\n|    )\n", "def f():\n    return g(\n        return a;\n    )\n"),
     ],
 )
 def test_cursor_before_a_closing_brace_fills_lines_above_it(language_id: str, document: str, filled: str) -> None:
-    """Nothing left of the cursor and a `}` right of it: the fill gets lines of its own inside the block, and the
-    brace keeps its line and indentation (it was written in front of the brace: `return a;}`)."""
+    """Nothing left of the cursor and a closing bracket right of it: the fill gets lines of its own inside the block
+    (object, call), and the bracket keeps its line and indentation (it was written in front of it: `return a;}`)."""
     offset = document.index("|")
     text = document.replace("|", "")
     hole = find_hole(text, offset, language_id)
