@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from lsprotocol import types
@@ -183,12 +186,29 @@ def _responses(stream, wanted: set) -> dict:
     return got
 
 
-def test_malformed_json_rpc_on_stdin_is_answered_and_survived() -> None:
+@contextlib.contextmanager
+def _stdio_server(stderr: Any = subprocess.DEVNULL) -> Iterator[tuple[subprocess.Popen, Callable[[Any], None]]]:
+    """`python -m lsp_server` over pipes, a function that sends it a framed message, and the process killed after
+    the test if it is still running."""
     proc = subprocess.Popen([sys.executable, "-m", "lsp_server", *FAKE], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=server_env(), cwd=REPO)
+                            stdout=subprocess.PIPE, stderr=stderr, env=server_env(), cwd=REPO)
+    assert proc.stdin is not None and proc.stdout is not None
+    stdin = proc.stdin
+
+    def send(data: Any) -> None:
+        stdin.write(_frame(data))
+        stdin.flush()
+
     try:
-        assert proc.stdin is not None and proc.stdout is not None
-        send = lambda data: (proc.stdin.write(_frame(data)), proc.stdin.flush())  # noqa: E731
+        yield proc, send
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_malformed_json_rpc_on_stdin_is_answered_and_survived() -> None:
+    with _stdio_server() as (proc, send):
         send({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"capabilities": {}}})
         assert "capabilities" in _responses(proc.stdout, {1})[1]["result"]
         send(b'{"jsonrpc": "2.0", "id": 2, "method": ')  # cut short
@@ -214,22 +234,13 @@ def test_malformed_json_rpc_on_stdin_is_answered_and_survived() -> None:
         assert got[7]["error"]["code"] == got[8]["error"]["code"] == -32600  # after shutdown: InvalidRequest
         send({"jsonrpc": "2.0", "method": "exit"})
         assert proc.wait(timeout=10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_bad_commands_are_answered_and_logged_as_the_clients_mistake(tmp_path: Path) -> None:
     """workspace/executeCommand with wrong arguments or an unknown command: an InvalidParams answer, and on stderr
     one warning line each, no ERROR and no traceback (nothing went wrong in the server)."""
     stderr = tmp_path / "stderr.txt"
-    with stderr.open("wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "lsp_server", *FAKE], stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=err, env=server_env(), cwd=REPO)
-    try:
-        assert proc.stdin is not None and proc.stdout is not None
-        send = lambda data: (proc.stdin.write(_frame(data)), proc.stdin.flush())  # noqa: E731
+    with stderr.open("wb") as err, _stdio_server(err) as (proc, send):
         send({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"capabilities": {}}})
         bad = [["file:///x.py", "not a range"], [1], "oops"]
         for n, arguments in enumerate(bad, start=2):
@@ -243,34 +254,20 @@ def test_bad_commands_are_answered_and_logged_as_the_clients_mistake(tmp_path: P
         assert "not a range" in got[2]["error"]["message"] and "noSuchCommand" in got[5]["error"]["message"]
         send({"jsonrpc": "2.0", "method": "exit"})
         assert proc.wait(timeout=10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     log = stderr.read_text()
     assert log.count("WARNING codefill.server: bad request from the client") == 4, log
     assert "ERROR" not in log and "Traceback" not in log, log
 
 
 def test_exit_without_shutdown_is_an_error_exit() -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "lsp_server", *FAKE], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=server_env(), cwd=REPO)
-    try:
-        assert proc.stdin is not None and proc.stdout is not None
-        proc.stdin.write(_frame({"jsonrpc": "2.0", "id": 0, "method": "codefill/documentText",
-                                 "params": {"uri": "file:///x.py"}}))
-        proc.stdin.write(_frame({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"capabilities": {}}}))
-        proc.stdin.flush()
+    with _stdio_server() as (proc, send):
+        send({"jsonrpc": "2.0", "id": 0, "method": "codefill/documentText", "params": {"uri": "file:///x.py"}})
+        send({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"capabilities": {}}})
         got = _responses(proc.stdout, {0, 1})
         assert got[0]["error"]["code"] == -32002  # ServerNotInitialized, not an internal error
         assert "capabilities" in got[1]["result"]
-        proc.stdin.write(_frame({"jsonrpc": "2.0", "method": "exit"}))
-        proc.stdin.flush()
+        send({"jsonrpc": "2.0", "method": "exit"})
         assert proc.wait(timeout=10) == 1
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_tcp_transport() -> None:
