@@ -667,6 +667,14 @@ def _lsp(pos: Pos) -> types.Position:
     return types.Position(line=pos.line, character=pos.character)
 
 
+def _described_arguments(args: tuple[Any, ...]) -> str:
+    """A command's arguments for an error message. pygls spreads a string sent where the argument list belongs
+    into its characters: that is shown as the string the client sent."""
+    if args and all(isinstance(a, str) and len(a) == 1 for a in args):
+        return f"the string {''.join(args)!r} instead of a list"
+    return repr(list(args))
+
+
 def _range_json(rng: types.Range) -> dict[str, Any]:
     return {
         "start": {"line": rng.start.line, "character": rng.start.character},
@@ -790,7 +798,8 @@ def make_server(settings: Settings | None = None, engine_factory: str | None = N
     @server.command(FILL_COMMAND)
     async def fill_command(ls: CodefillServer, *args: Any) -> Any:
         if len(args) != 2 or not isinstance(args[0], str):
-            raise JsonRpcInvalidParams.of(ValueError(f"{FILL_COMMAND} takes (uri, range), got {list(args)!r}"))
+            raise JsonRpcInvalidParams.of(ValueError(f"{FILL_COMMAND} takes the arguments [uri, range], got "
+                                                     f"{_described_arguments(args)}"))
         try:
             rng = _parse_range(args[1])
         except ValueError as exc:

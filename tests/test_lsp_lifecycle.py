@@ -252,6 +252,7 @@ def test_bad_commands_are_answered_and_logged_as_the_clients_mistake(tmp_path: P
         got = _responses(proc.stdout, {1, 2, 3, 4, 5, 6})
         assert all(got[n]["error"]["code"] == -32602 for n in (2, 3, 4, 5)), got
         assert "not a range" in got[2]["error"]["message"] and "noSuchCommand" in got[5]["error"]["message"]
+        assert "the string 'oops' instead of a list" in got[4]["error"]["message"], got[4]
         send({"jsonrpc": "2.0", "method": "exit"})
         assert proc.wait(timeout=10) == 0
     log = stderr.read_text()
