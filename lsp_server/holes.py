@@ -292,6 +292,20 @@ def _clip_suffix(suffix: str) -> str:
     return clipped[:last_line] if last_line > len(clipped) // 2 else clipped
 
 
+_LEADING_TABS = re.compile(r"^\t+", re.MULTILINE)
+
+
+def for_model(code: str, unit: str) -> str:
+    """Code as the model reads it: in a tab-indented document, each leading tab becomes four spaces.
+
+    The model learnt from code indented with spaces; shown tabs, the built-in model answered a tab or nothing for
+    a blank line in a block. Its fill comes back in spaces, and postprocess writes that indentation as the
+    document does (four spaces to a tab, see postprocess._restyle_indent)."""
+    if unit != "\t":
+        return code
+    return _LEADING_TABS.sub(lambda m: "    " * len(m.group()), code)
+
+
 def _estimate_tokens(text: str) -> int:
     return max(1, len(text) // 3)
 
@@ -313,8 +327,8 @@ def find_hole(
              trail: str = "", keep: str = "", indent: str = "", in_comment: bool = False) -> Hole:
         return Hole(
             kind=kind, start=start, end=end,
-            prefix=_clip_prefix(text[:start] + lead),
-            suffix=_clip_suffix(trail + keep + text[end:]),
+            prefix=for_model(_clip_prefix(text[:start] + lead), unit),
+            suffix=for_model(_clip_suffix(trail + keep + text[end:]), unit),
             lead=lead, trail=trail, keep=keep, indent=indent,
             max_tokens=max(1, min(budget, cap)), single_line=single, in_comment=in_comment,
             unit=unit, tab_columns=tab_columns, line_break=line_break(text), language=spec.name if spec else "",

@@ -315,6 +315,19 @@ def test_the_real_model_fills_standard_input():
 
 
 
+def test_a_tab_indented_file_gets_the_fill_it_gets_with_spaces():
+    """The README's example written with tabs: the model reads it in spaces (it learnt from such code) and the
+    fill comes back indented with the file's tabs; shown tabs, the built-in model had answered `name`."""
+    if not (MODELS_DIR / BUILTIN_MODEL / "config.json").exists():
+        pytest.skip("no built-in model")
+    spaces = (REPO / "examples" / "inventory.py").read_text(encoding="utf-8")
+    tabs = spaces.replace("    ", "\t")
+    fills = [subprocess.run([sys.executable, "-m", "engine.cli", "fill", "-:8:1", "--language", "python"], cwd=REPO,
+                            input=text, capture_output=True, text=True, timeout=300) for text in (spaces, tabs)]
+    assert all(run.returncode == 0 for run in fills), [run.stderr for run in fills]
+    assert fills[1].stdout == fills[0].stdout.replace("    ", "\t") and fills[1].stdout.startswith("\t\tself.")
+
+
 # ------------------------------------------------------------------------------------------------------------
 # --engine: a shared engine (codefill serve) instead of loading the model in the command
 

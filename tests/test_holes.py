@@ -13,6 +13,7 @@ from lsp_server.holes import (
     SUFFIX_CHARS,
     detect_indent_unit,
     find_hole,
+    for_model,
     indent_style,
     line_break,
 )
@@ -107,8 +108,8 @@ def test_hole_table(language_id, marked, kind, single, replaced, lead, trail, ke
     assert (hole.lead, hole.trail, hole.keep) == (lead, trail, keep)
     assert hole.start == min(a, b if b is not None else a)
     # The engine sees the document on both sides, with what the server adds around the fill.
-    assert hole.prefix == text[: hole.start] + lead
-    assert hole.suffix == trail + keep + text[hole.end :]
+    assert hole.prefix == for_model(text[: hole.start] + lead, hole.unit)
+    assert hole.suffix == for_model(trail + keep + text[hole.end :], hole.unit)
     budget = {"line": LINE_TOKENS, "arguments": 24, "body": BODY_TOKENS, "block": BLOCK_TOKENS}.get(kind)
     if budget is not None:
         assert hole.max_tokens == budget
@@ -285,3 +286,14 @@ def test_gnu_style_blocks_are_indented_in_columns_with_tabs_for_eights() -> None
     text = GNU_C[:brace] + "      if (x)\n\t{\n\n\t}\n" + GNU_C[brace:]
     hole = find_hole(text, brace + len("      if (x)\n\t{\n"), "c")
     assert hole.kind == "body" and hole.indent == "\t  "
+
+
+def test_a_tab_indented_document_reaches_the_model_in_spaces() -> None:
+    """Leading tabs become four spaces each in what the engine reads; tabs inside a line stay, and a document
+    indented with spaces is sent as it is."""
+    text = "def f(x):\n\tif x:\n\t\t\n\treturn '\\t'.join(x)\t# tab\n"
+    hole = find_hole(text, text.index("\t\t\n") + 2, "python")
+    assert hole.indent == "\t\t" and hole.prefix.endswith("def f(x):\n    if x:\n        ")
+    assert hole.suffix.startswith("\n    return '\\t'.join(x)\t# tab\n")
+    spaced = text.replace("\t\t\n", "        \n").replace("\tif", "    if").replace("\treturn", "    return")
+    assert find_hole(spaced, spaced.index("        \n") + 8, "python").suffix == spaced[spaced.index("        \n") + 8:]
