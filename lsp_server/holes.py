@@ -347,7 +347,16 @@ def find_hole(
         start, end = sorted((offset, min(max(selection_end, 0), len(text))))
         selected = text[start:end]
         budget = min(max(_estimate_tokens(selected) * 3 // 2 + 4, 8), BLOCK_TOKENS)
-        return make("selection", start, end, budget, _LINE_BREAK.search(selected) is None, indent=current_indent)
+        # A selection that starts in a line's indentation keeps that indentation, and one that ends with a line
+        # break (whole lines selected) keeps the break: the model writes the code between them (left to write the
+        # indentation, it copied the deeper one of a line nearby; the break was lost, joining two lines).
+        found = _LINE_BREAK.search(selected)
+        first_line = selected[: found.start()] if found else selected
+        lead = first_line[: len(first_line) - len(first_line.lstrip(" \t"))]
+        if text[line_bounds(text, start)[0] : start].strip() or not first_line.strip():
+            lead = ""
+        trail = "\n" if selected.strip() and selected.endswith(("\n", "\r")) else ""
+        return make("selection", start, end, budget, found is None, lead=lead, trail=trail, indent=current_indent)
 
     left = text[line_start:offset]
     right = text[offset:line_end]
@@ -365,7 +374,7 @@ def find_hole(
         prev_indent = _statement_indent(text, above[0], prev, spec) if above is not None and prev is not None else ""
         opens = prev is not None and _opens_block(prev, spec)
         if left:
-            indent = left  # the editor has indented the line: trust it
+            indent = left + right  # the editor has indented the line: trust it (the cursor may be inside that)
         else:
             indent = inside(prev_indent) if opens else prev_indent
             if nxt is not None and not opens and indent_columns(_leading_ws(nxt)) > indent_columns(indent):
@@ -399,22 +408,24 @@ def find_hole(
         return make("body", offset, end, BODY_TOKENS, False,
                     lead="\n" + inner, trail="\n" + base, indent=inner)
 
-    if not left.strip() and right.lstrip().startswith(("}", ")", "]")):
-        # `|}`: the cursor before a closing bracket with nothing left of it (a block's, an object's, a call's):
-        # statements, entries or arguments go on lines of their own above it, indented inside it, and the bracket
-        # keeps its line.
-        closer = left + right[: len(right) - len(right.lstrip())]
-        above = _neighbour(text, line_start, -1)
-        prev = text[above[0] : above[1]] if above is not None else ""
-        base = _statement_indent(text, above[0], prev, spec) if above is not None else ""
-        if above is not None and _opens_block(prev, spec):
-            kind, budget, inner = "body", BODY_TOKENS, inside(base)
-        else:
-            deeper = indent_columns(base) > indent_columns(closer)
-            kind, budget, inner = "block", BLOCK_TOKENS, base if deeper else inside(closer)
+    if not left.strip():
+        # The cursor in the indentation of a line of code: what goes here goes on lines of their own above it, and
+        # the code keeps its line (inserted where the cursor is, it would run into that code). Before a closing
+        # bracket (`|}`: a block's, an object's, a call's) the lines are indented inside the bracket; before
+        # anything else, as the line is.
+        ws = left + right[: len(right) - len(right.lstrip())]
+        kind, budget, inner = "block", BLOCK_TOKENS, ws
+        if right.lstrip().startswith(("}", ")", "]")):
+            above = _neighbour(text, line_start, -1)
+            prev = text[above[0] : above[1]] if above is not None else ""
+            base = _statement_indent(text, above[0], prev, spec) if above is not None else ""
+            if above is not None and _opens_block(prev, spec):
+                kind, budget, inner = "body", BODY_TOKENS, inside(base)
+            else:
+                inner = base if indent_columns(base) > indent_columns(ws) else inside(ws)
         lead = inner[len(left) :] if inner.startswith(left) else ""
-        return make(kind, offset, offset + len(closer) - len(left), budget, False,
-                    lead=lead, trail="\n" + closer, indent=left + lead)
+        return make(kind, offset, offset + len(ws) - len(left), budget, False,
+                    lead=lead, trail="\n" + ws, indent=left + lead)
 
     right_content = right.rstrip()
     auto_closed = _AUTO_CLOSED.fullmatch(right_content) is not None

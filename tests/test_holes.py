@@ -43,7 +43,14 @@ CASES = [
     ("python", "def f(a):\n    # add the |\n    return a\n", "line", True, "", "", "", ""),
     ("python", "s = 'ab|c'\n", "line", True, "", "", "", ""),
     ("python", "def f(a):\n    return «a + 1»\n", "selection", True, "a + 1", "", "", ""),
-    ("python", "def f(a):\n«    x = 1\n    return x»\n", "selection", False, "    x = 1\n    return x", "", "", ""),
+    # Whole lines selected: the indentation where the selection starts and the line break where it ends stay.
+    ("python", "def f(a):\n«    b = 1\n»    return b\n", "selection", False, "    b = 1\n", "    ", "\n", ""),
+    ("python", "def f(a):\n  «  b = 1\n    c = 2\n»    return b\n", "selection", False, "  b = 1\n    c = 2\n", "  ",
+     "\n", ""),
+    ("python", "def f(a):\n«    b = 1»\n    return b\n", "selection", True, "    b = 1", "    ", "", ""),
+    ("python", "def f(a):\n    b = «1\n»    return b\n", "selection", False, "1\n", "", "\n", ""),
+    ("python", "def f(a):\n«    x = 1\n    return x»\n", "selection", False, "    x = 1\n    return x", "    ", "",
+     ""),
     # JavaScript and JSX
     ("javascript", "function f(a) {|}\n", "body", False, "", "\n  ", "\n", ""),
     ("javascript", "function f(a) {\n  |\n}\n", "body", False, "", "", "", ""),
@@ -92,6 +99,13 @@ CASES = [
     ("python", "f = lambda x:|\n", "line", True, "", "", "", ""),
     ("python", "d = {'a': 1, 'b':|\n", "line", True, "", "", "", ""),
     ("python", "if f(lambda x: x):|\n", "body", False, "", "\n    ", "", ""),
+    # The cursor inside a line's indentation: a blank line keeps its whole indentation; before code, the lines go
+    # above it, indented as it is, and the code keeps its line (inserted at the cursor, it ran into the fill).
+    ("python", "def f(xs):\n    y = 1\n  |  \n", "block", False, "  ", "  ", "", ""),
+    ("python", "def f(xs):\n    y = 1\n  |  return y\n", "block", False, "  ", "  ", "\n    ", ""),
+    ("python", "def f(xs):\n    y = 1\n|    return y\n", "block", False, "    ", "    ", "\n    ", ""),
+    ("python", "def f(xs):\n    y = 1\n    |return y\n", "block", False, "", "", "\n    ", ""),
+    ("go", "package main\n\nfunc f() int {\n\tx := 1\n|\treturn x\n}\n", "block", False, "\t", "\t", "\n\t", ""),
     # No grammar: indentation and brackets only
     ("lua", "function f()\n  x = g(|)\nend\n", "arguments", True, ")", "", "", ")"),
     (None, "foo:\n|\n", "body", False, "", "    ", "", ""),

@@ -40,8 +40,8 @@ CASES = [
     ("python", "def f(a):\n    |\n    return x\n", "x = a * 2\n    return x", "def f(a):\n    x = a * 2\n    return x\n"),
     ("javascript", "function f(a) {|}\n", "return a;\n}", "function f(a) {\n  return a;\n}\n"),
     ("go", "package main\n\nfunc f() int {\n\t|\n}\n", "return 1\n}", "package main\n\nfunc f() int {\n\treturn 1\n}\n"),
-    # A fill that is only the next line again, or the start of the rest of the line, is dropped.
-    ("python", "def f(a, b):\n    |total = a + b\n", "total = a", None),
+    # A fill that is only the next line again (the cursor in the indentation of a line: lines go above it) is dropped.
+    ("python", "def f(a, b):\n    |total = a + b\n", "total = a + b", None),
     ("python", "def f(a):\n    |\n    return x\n", "return x", None),
     # Multi-line fills stay inside the block they start in.
     ("python", "def f(a):\n|\n\ndef g():\n    pass\n", "return a\n\ndef g():\n    pass",
