@@ -41,6 +41,7 @@ class CodefillProtocol(LanguageServerProtocol):
     that is neither an integer nor a string) get an error response, not silence."""
 
     closed = False  # set at exit, or when the client's end is gone: nothing more is written
+    _initialize_seen = False  # an initialize request came (answered or not): the next one is refused
 
     def structure_message(self, data: dict[str, Any]) -> Any:
         """Called by json.loads for every object of a message, innermost first: keep them plain. pygls turned any
@@ -78,6 +79,20 @@ class CodefillProtocol(LanguageServerProtocol):
             else:
                 log.warning("dropped a notification: %s", problem)
             return
+        if method == types.INITIALIZE and has_id:
+            if self._initialize_seen:
+                self._invalid(answer_to, "initialize: the server is already initialized")
+                return
+            self._initialize_seen = True
+        elif not self._initialize_seen and method != types.EXIT:
+            # LSP: before initialize, a request gets ServerNotInitialized and a notification is dropped.
+            if has_id:
+                log.warning("%s before initialize: answered with an error", method)
+                self._send_response(msg_id, error=types.ResponseError(
+                    code=types.ErrorCodes.ServerNotInitialized, message=f"{method}: the server is not initialized"))
+            else:
+                log.warning("dropped %s: it came before initialize", method)
+            return
         if self._shutdown and has_id and method != types.EXIT:
             log.warning("%s after shutdown: answered with an error", method)
             self._send_response(msg_id, error=types.ResponseError(
@@ -101,6 +116,8 @@ class CodefillProtocol(LanguageServerProtocol):
 
     def _dispatch(self, data: dict[str, Any], msg_id: Any) -> None:
         """Structure a whole message and hand it to pygls; params that do not parse get an error answer."""
+        if "params" not in data and "method" in data:
+            data = {**data, "params": None}  # JSON-RPC lets params be left out; pygls's types want the member
         try:
             message = super().structure_message(data)
         except JsonRpcException as exc:

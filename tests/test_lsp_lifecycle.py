@@ -304,3 +304,28 @@ def test_bad_command_line_is_a_usage_error(argv: list[str]) -> None:
     out = subprocess.run([sys.executable, "-m", "lsp_server", *argv], capture_output=True, text=True,
                          env=server_env(), cwd=REPO, timeout=30)
     assert out.returncode == 2 and "usage: codefill-lsp" in out.stderr
+
+
+def test_initialize_comes_first_and_once() -> None:
+    """LSP's order: a request before initialize gets ServerNotInitialized (a notification is dropped), a second
+    initialize is refused; requests whose params are left out (JSON-RPC allows it) are answered as with none."""
+    with _stdio_server() as (proc, send):
+        send({"jsonrpc": "2.0", "id": 1, "method": "codefill/serverState"})
+        send({"jsonrpc": "2.0", "method": "textDocument/didOpen", "params": {"textDocument": {
+            "uri": "file:///early.py", "languageId": "python", "version": 1, "text": "x = 1\n"}}})
+        send({"jsonrpc": "2.0", "id": 2, "method": "initialize", "params": {"capabilities": {}}})
+        send({"jsonrpc": "2.0", "id": 3, "method": "initialize", "params": {"capabilities": {}}})
+        send({"jsonrpc": "2.0", "method": "initialized", "params": {}})
+        send({"jsonrpc": "2.0", "id": 4, "method": "codefill/serverState"})
+        send({"jsonrpc": "2.0", "id": 5, "method": "codefill/documentText"})
+        send({"jsonrpc": "2.0", "id": 6, "method": "codefill/documentText", "params": {"uri": "file:///early.py"}})
+        send({"jsonrpc": "2.0", "id": 7, "method": "shutdown"})
+        got = _responses(proc.stdout, {1, 2, 3, 4, 5, 6, 7})
+        assert got[1]["error"]["code"] == -32002, got[1]
+        assert "capabilities" in got[2]["result"]
+        assert got[3]["error"]["code"] == -32600 and "already initialized" in got[3]["error"]["message"], got[3]
+        assert "result" in got[4] and isinstance(got[4]["result"], dict), got[4]
+        assert got[5]["result"] is None, got[5]  # no uri: no document
+        assert got[6]["result"] is None, got[6]  # the didOpen before initialize was dropped
+        send({"jsonrpc": "2.0", "method": "exit"})
+        assert proc.wait(timeout=10) == 0
