@@ -122,6 +122,15 @@ class CodefillProtocol(LanguageServerProtocol):
             message = super().structure_message(data)
         except JsonRpcException as exc:
             detail = _validation_detail(exc.__cause__)
+            if "method" not in data and _valid_id(data.get("id")):
+                # An answer to a request of ours whose result is not of its type: the request fails now (it used
+                # to be dropped, and whoever waited for the answer waited out its timeout).
+                log.warning("the client's answer to request %r does not parse: %s", data["id"], detail or exc)
+                self._result_types.pop(data["id"], None)
+                self._handle_response(data["id"], error=types.ResponseError(
+                    code=types.ErrorCodes.InvalidParams,
+                    message=f"the client's answer does not parse: {detail or exc}"))
+                return
             if msg_id is None or "method" not in data:
                 log.warning("dropped a message that does not parse (%s): %s", data.get("method"), detail or exc)
                 return

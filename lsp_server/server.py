@@ -827,7 +827,9 @@ def make_server(settings: Settings | None = None, engine_factory: str | None = N
             log.warning("no answer to workspace/applyEdit in %d s", APPLY_EDIT_TIMEOUT_S)
             return {"applied": False, "reason": "the editor did not answer workspace/applyEdit",
                     "text": found[0].text}
-        applied = bool(getattr(result, "applied", False))
+        except JsonRpcException as exc:  # the editor answered with an error, or with what is not an answer
+            return {"applied": False, "reason": f"workspace/applyEdit failed: {exc}", "text": found[0].text}
+        applied = getattr(result, "applied", False) is True
         return {"applied": applied, "text": found[0].text}
 
     @server.feature(DOCUMENT_TEXT_REQUEST)

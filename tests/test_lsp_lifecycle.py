@@ -329,3 +329,37 @@ def test_initialize_comes_first_and_once() -> None:
         assert got[6]["result"] is None, got[6]  # the didOpen before initialize was dropped
         send({"jsonrpc": "2.0", "method": "exit"})
         assert proc.wait(timeout=10) == 0
+
+
+@pytest.mark.parametrize("answer", [None, "yes", {}, [True]])
+def test_an_answer_to_apply_edit_that_is_not_one_fails_the_command_at_once(answer: Any) -> None:
+    """The fill command's workspace/applyEdit answered with what is not an ApplyWorkspaceEditResult: the command
+    says so at once (it waited out its 30 s timeout) and no pending request is left behind."""
+    text = '# codefill-fake: "b = 2"\na = 1\n'
+    with _stdio_server() as (proc, send):
+        assert proc.stdout is not None
+        send({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+              "params": {"capabilities": {"workspace": {"applyEdit": True}}}})
+        send({"jsonrpc": "2.0", "method": "initialized", "params": {}})
+        send({"jsonrpc": "2.0", "method": "textDocument/didOpen", "params": {"textDocument": {
+            "uri": "file:///ae.py", "languageId": "python", "version": 1, "text": text}}})
+        _responses(proc.stdout, {1})
+        started = time.monotonic()
+        send({"jsonrpc": "2.0", "id": 2, "method": "workspace/executeCommand", "params": {
+            "command": "codefill.fill", "arguments": ["file:///ae.py", {
+                "start": {"line": 1, "character": 0}, "end": {"line": 1, "character": 5}}]}})
+        while True:
+            msg = _read_message(proc.stdout)
+            if msg.get("method") == "workspace/applyEdit":
+                send({"jsonrpc": "2.0", "id": msg["id"], "result": answer})
+            elif msg.get("id") == 2:
+                break
+        assert time.monotonic() - started < 10
+        assert msg["result"]["applied"] is False and "applyEdit failed" in msg["result"]["reason"], msg
+        send({"jsonrpc": "2.0", "id": 3, "method": "codefill/serverState"})
+        state = _responses(proc.stdout, {3})[3]["result"]
+        assert state["pendingRequests"] == 0, state
+        send({"jsonrpc": "2.0", "id": 4, "method": "shutdown"})
+        _responses(proc.stdout, {4})
+        send({"jsonrpc": "2.0", "method": "exit"})
+        assert proc.wait(timeout=10) == 0
