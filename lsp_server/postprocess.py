@@ -155,7 +155,7 @@ def clean_fill(hole: Hole, fill: str, document: str) -> str:
     fill = _cut_at_garbage(fill.replace("\r\n", "\n").replace("\r", "\n"))
     if hole.single_line:
         fill = fill.split("\n", 1)[0]
-    elif hole.kind in ("block", "body"):
+    if hole.kind in ("block", "body") or (hole.kind == "selection" and hole.lead):
         fill = fill.lstrip("\n").lstrip(" \t")  # the first line's indentation is already there
     if not hole.single_line:
         fill = _shape_lines(hole, fill)
