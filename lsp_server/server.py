@@ -403,6 +403,17 @@ class CodefillServer(LanguageServer):
             return None
         return Document(uri, data.decode("utf-8", errors="replace"), languages.language_id_for_path(path), None)
 
+    def known(self, uri: str) -> bool:
+        """Whether a fill could read the document: open in the client, or a regular file on disk (without reading
+        it: editors ask for code actions on every cursor move)."""
+        if self.opened(uri) is not None:
+            return True
+        try:
+            path = to_fs_path(uri)
+            return bool(path) and stat.S_ISREG(os.stat(path).st_mode)
+        except (OSError, ValueError):
+            return False
+
     def version_of(self, uri: str) -> int | None:
         doc = self.opened(uri)
         return doc.version if doc is not None else None
@@ -783,6 +794,12 @@ def make_server(settings: Settings | None = None, engine_factory: str | None = N
         start, end = _sorted_range(params.range)
         if (start.line, start.character) == (end.line, end.character) or not ls.settings.enabled:
             return []
+        kind = types.CodeActionKind.RefactorRewrite.value
+        only = [str(getattr(k, "value", k)) for k in (params.context.only or [])]
+        if only and not any(kind == k or kind.startswith(k + ".") for k in only):
+            return []  # the editor asked for other kinds of action (LSP: context.only)
+        if not ls.known(params.text_document.uri):
+            return []  # nothing to fill: a fill command for it would only fail
         rng = types.Range(start, end)
         return [
             types.CodeAction(

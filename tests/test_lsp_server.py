@@ -159,6 +159,17 @@ async def test_fill_selection_by_code_action_and_command(client) -> None:
     })
     assert len(actions) == 1 and actions[0]["title"] == "Fill selection"
     assert actions[0]["kind"] == "refactor.rewrite"
+    for only, offered in ((["quickfix"], 0), (["refactor"], 1), (["refactor.rewrite"], 1), (["refactor.extract"], 0)):
+        asked = await raw_request(client, "textDocument/codeAction", {
+            "textDocument": {"uri": uri}, "context": {"diagnostics": [], "only": only},
+            "range": {"start": {"line": 2, "character": 11}, "end": {"line": 2, "character": 16}},
+        })
+        assert len(asked) == offered, (only, asked)  # LSP: context.only filters the kinds of action
+    unknown = await raw_request(client, "textDocument/codeAction", {
+        "textDocument": {"uri": "file:///no/such/file.py"}, "context": {"diagnostics": []},
+        "range": {"start": {"line": 0, "character": 0}, "end": {"line": 0, "character": 3}},
+    })
+    assert unknown == []  # nothing to fill: neither open nor on disk
     command = types.Command(**actions[0]["command"])
     assert command.command == "codefill.fill"
     client.applied_edits.clear()
