@@ -114,7 +114,7 @@ class Parsed:
 
 def section(raw: Any) -> Any:
     """The codefill section of a settings object: {"codefill": {...}} or the object itself."""
-    if isinstance(raw, dict) and isinstance(raw.get("codefill"), dict):
+    if isinstance(raw, dict) and "codefill" in raw:  # whatever it holds: a list there is an error to report
         return raw["codefill"]
     return raw
 
@@ -126,7 +126,7 @@ def parse_settings(raw: Any, base: Settings | None = None) -> Parsed:
     if raw is None:
         return Parsed(base)
     if not isinstance(raw, dict):
-        return Parsed(base, [f"settings should be an object, got {type(raw).__name__}; using defaults"])
+        return Parsed(base, [f"the codefill settings should be an object, got {type(raw).__name__}; using defaults"])
     changes: dict[str, Any] = {}
     problems: list[str] = []
     for key, value in raw.items():

@@ -38,6 +38,7 @@ DOCUMENT_TEXT_REQUEST = "codefill/documentText"  # the server's copy of a docume
 SERVER_STATE_REQUEST = "codefill/serverState"  # counts of open documents, cached fills, jobs, tasks, threads
 PROGRESS_TOKEN = "codefill/load-model"
 APPLY_EDIT_TIMEOUT_S = 30  # the fill command gives up waiting for the editor to apply its edit
+LOAD_WAIT_S = 60  # a fill command waits this long for a model still loading
 MAX_DISK_BYTES = 8_000_000  # documents read from disk (not opened by the client) above this are not served
 VERSION = "0.1.0"
 
@@ -413,6 +414,25 @@ class CodefillServer(LanguageServer):
             return bool(path) and stat.S_ISREG(os.stat(path).st_mode)
         except (OSError, ValueError):
             return False
+
+    def why_no_fill(self, uri: str, end: types.Position) -> str:
+        """Why suggest() found nothing, in words for the user of a fill command."""
+        if not self.settings.enabled:
+            return "codefill is disabled (codefill.enabled is false)"
+        doc = self.document(uri)
+        if doc is None:
+            return f"no document {uri}: it is neither open in the editor nor a readable file"
+        if not self.settings.serves(doc.language_id):
+            return f"codefill does not fill {doc.language_id or 'unknown'} documents (codefill.languages)"
+        if end.line >= line_count(doc.text, None if plain_breaks(doc.text) else line_starts(doc.text)):
+            return "the range is past the end of the document"
+        if self.engine_loading:
+            return "the model is still loading; try again in a moment"
+        if self.engine_error is not None:
+            return self.engine_error
+        if not self.engine.ready:
+            return "the model is not loaded"
+        return "the model found no fill here"
 
     def version_of(self, uri: str) -> int | None:
         doc = self.opened(uri)
@@ -826,10 +846,13 @@ def make_server(settings: Settings | None = None, engine_factory: str | None = N
     @_guarded(default={"applied": False})
     async def _fill_and_apply(ls: CodefillServer, uri: str, rng: types.Range) -> dict[str, Any]:
         start, end = _sorted_range(rng)
+        deadline = time.monotonic() + LOAD_WAIT_S
+        while ls.engine_loading and time.monotonic() < deadline:  # asked for by hand: worth the wait
+            await asyncio.sleep(0.05)
         generation = ls.generation_of(uri)
         found = await ls.suggest(uri, start, end, debounce=False, feature="command")
         if not found:
-            return {"applied": False, "reason": "no fill"}
+            return {"applied": False, "reason": ls.why_no_fill(uri, end)}
         edit = types.WorkspaceEdit(changes={uri: [types.TextEdit(range=found[0].range, new_text=found[0].text)]})
         if ls.generation_of(uri) != generation:
             return {"applied": False, "reason": "the document changed"}

@@ -203,6 +203,20 @@ async def test_fill_command_without_apply_edit_returns_the_edit() -> None:
         await stop_server(c)
 
 
+async def test_a_fill_command_that_finds_nothing_says_why(client) -> None:
+    async def reason(uri: str, end_line: int = 0) -> str:
+        result = await client.workspace_execute_command_async(types.ExecuteCommandParams(
+            command="codefill.fill", arguments=[uri, {"start": {"line": 0, "character": 0},
+                                                       "end": {"line": end_line, "character": 1}}]))
+        assert result["applied"] is False
+        return result["reason"]
+
+    assert "neither open in the editor nor a readable file" in await reason("file:///no/such/file.py")
+    open_doc(client, "file:///why.py", "x = 1\n")
+    assert "past the end" in await reason("file:///why.py", end_line=9)
+    assert await reason("file:///why.py") == "the model found no fill here"  # the fake engine fills nothing here
+
+
 async def test_no_code_action_without_a_selection(client) -> None:
     uri = "file:///noselection.py"
     open_doc(client, uri, "x = 1\n")

@@ -36,6 +36,9 @@ def test_bad_values_keep_the_previous_value() -> None:
     base = Settings(debounce_ms=200)
     assert parse_settings({"debounceMs": None}, base).settings.debounce_ms == 200
     assert parse_settings("nonsense", base).problems
+    listed = parse_settings({"codefill": [1, 2]}, base)  # a section that is not an object is reported, not skipped
+    assert listed.settings == base and "got list" in listed.problems[0]
+    assert parse_settings({"codefill": None}, base) == parse_settings(None, base)  # no section: the defaults
 
 
 def test_serves_languages() -> None:

@@ -231,7 +231,7 @@ async function main() {
   assert.ok(!off, "inline completion while disabled");
   harness.setActiveEditor(doc2, new vscode.Selection(new vscode.Position(2, 11), new vscode.Position(2, 16)));
   const disabledFill = await vscode.commands.executeCommand("codefill.fillSelection");
-  assert.deepEqual(disabledFill, { applied: false, reason: "no fill" }, "the server still filled with enabled=false");
+  assert.deepEqual(disabledFill, { applied: false, reason: "codefill is disabled (codefill.enabled is false)" }, "the server still filled with enabled=false");
   await harness.setConfig("codefill.enabled", true);
   await sleep(100);
   check("didChangeConfiguration");
