@@ -10,6 +10,7 @@ from lsp_server.languages import LanguageSpec
 
 _CLOSE_OF = {"(": ")", "[": "]", "{": "}"}
 _OPEN_OF = {v: k for k, v in _CLOSE_OF.items()}
+_QUOTES = "'\"`"
 _LINE_ENDERS = ")]};,"  # closing brackets and the punctuation that may follow them at a line's end
 _MAX_REPAIRS = 6
 
@@ -127,6 +128,11 @@ def dedupe_against_suffix(hole: Hole, fill: str, document: str) -> str:
         if rest_of_line.startswith(fill.strip()):
             return ""
         fill = _strip_repeated_closers(fill, rest_of_line, _lifetimes(hole))
+        quoted = rest_of_line and rest_of_line[0] in _QUOTES and rest_of_line[0] not in fill
+        if quoted and bracket_scan(fill, _lifetimes(hole))[0]:
+            # In a string (`print("Hi, |")`): a fill that ends with closers it did not open, the ones after the
+            # closing quote but without the quote (`name)`), wrote the end of the call into the string.
+            fill = _strip_repeated_closers(fill, rest_of_line[1:].lstrip(), _lifetimes(hole))
         lines = [fill]
     # Whole lines that repeat the next line of code: the fill stops before them.
     following = neighbour_line(after, rest_end, 1)
@@ -178,7 +184,7 @@ def _repairs(fill: str, lifetimes: bool = False) -> list[str]:
             trimmed = trimmed[:-1].rstrip()
         out.append(trimmed)
     last = fill.rstrip().rsplit("\n", 1)[-1]
-    for quote in "'\"`":  # a string left open on the fill's last line: a stray closing quote, or a missing one
+    for quote in _QUOTES:  # a string left open on the fill's last line: a stray closing quote, or a missing one
         if lifetimes and quote == "'":
             continue  # in Rust a `'` not closing a character literal is a lifetime: nothing to balance
         if _unescaped_count(_CHAR_LITERAL.sub("", last) if lifetimes else last, quote) % 2:

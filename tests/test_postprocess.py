@@ -30,6 +30,12 @@ CASES = [
     ("javascript", "f(g(|));\n", "x);", "f(g(x));\n"),
     ("javascript", "f(g(|));\n", "h(x);", "f(g(h(x)));\n"),
     ("rust", "fn f() {\n    let v = vec![|];\n}\n", "1, 2, 3]", "fn f() {\n    let v = vec![1, 2, 3];\n}\n"),
+    # In a string, a fill that runs on into the call's closers without the closing quote stops at the quote.
+    ("python", 'print("Hello, |")\n', "name)", 'print("Hello, name")\n'),
+    ("javascript", 'f("a|");\n', "b);", 'f("ab");\n'),
+    ("python", 'd["|"]\n', "key]", 'd["key"]\n'),
+    ("python", 'f("|")\n', "(a)", 'f("(a)")\n'),  # brackets the fill opens itself are string text
+    ("python", 'name = "|"\n', 'hello"', 'name = "hello"\n'),  # the closing quote written again
     # Unclosed brackets in the fill are closed rather than breaking the file.
     ("python", "x = foo(|)\n", "a, (b", "x = foo(a, (b))\n"),
     # A stray closer that would break the parse is dropped.
