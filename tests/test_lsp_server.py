@@ -123,6 +123,17 @@ async def test_positions_are_utf16_on_non_ascii_lines(client) -> None:
     assert apply_text_edit(text, item.range, item.insert_text).endswith('print("héllo 😋 wörld", name)\n')
 
 
+@pytest.mark.parametrize("uri", ["vscode-notebook-cell:/home/u/analysis.ipynb#W2sZmlsZQ%3D%3D", "untitled:Untitled-1"])
+async def test_documents_that_are_not_files_are_filled_from_the_editor(client, uri) -> None:
+    """Jupyter cells in VS Code and unsaved buffers: open in the editor, with no file on disk behind them."""
+    text = '# codefill-fake: "x * 2"\ndef double(x):\n    return \n'
+    open_doc(client, uri, text)
+    result = await inline(client, uri, 2, 11)
+    assert result is not None and result.items[0].insert_text == "x * 2"
+    client.text_document_did_close(types.DidCloseTextDocumentParams(text_document=types.TextDocumentIdentifier(uri)))
+    assert await inline(client, uri, 2, 11) is None  # closed: nothing on disk to read instead
+
+
 async def test_completion_fallback_carries_the_fill_as_a_text_edit(client) -> None:
     uri = "file:///completion.py"
     text = '# codefill-fake: "a, b)"\nx = max(|)\n'.replace("|", "")

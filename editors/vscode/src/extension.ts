@@ -130,6 +130,7 @@ async function startClient(): Promise<void> {
     documentSelector: LANGUAGES.flatMap((language) => [
       { scheme: "file", language },
       { scheme: "untitled", language },
+      { scheme: "vscode-notebook-cell", language }, // Jupyter cells: each fills from its own text
     ]),
     initializationOptions: settings,
     outputChannel: output,
