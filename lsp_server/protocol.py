@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from typing import Any
@@ -13,6 +14,7 @@ from pygls.protocol import LanguageServerProtocol
 
 log = logging.getLogger("codefill.server")
 
+MAX_HEADER_LINE_BYTES = 1024 * 1024  # a TCP connection's read buffer for one line
 MAX_MESSAGE_BYTES = 256 * 1024 * 1024  # a longer Content-Length is taken for a broken header
 
 # JSON-RPC error codes that say the client sent something wrong: answered as such, not the server's failure.
@@ -189,6 +191,25 @@ def _validation_detail(cause: BaseException | None) -> str:
     return "; ".join(transform_error(cause, path="$")[:3])
 
 
+def _header_line(line: bytes) -> bytes:
+    """A header line, cut back to "Content-Length:" where bytes of a broken message come before it."""
+    cut = line.find(b"Content-Length:")
+    if cut > 0:
+        log.warning("dropped %d bytes of a broken message before the next header", cut)
+        return line[cut:]
+    return line
+
+
+def _body_too_long(n: int) -> bool:
+    """A Content-Length beyond MAX_MESSAGE_BYTES is not read (it would be allocated up front: 99999999999999999999
+    raised OverflowError in the read loop and the server died): the message is answered as unreadable and the next
+    header found as after a broken one."""
+    if n > MAX_MESSAGE_BYTES:
+        log.warning("a message of %d bytes (Content-Length) is over the limit of %d: skipped", n, MAX_MESSAGE_BYTES)
+        return True
+    return False
+
+
 class FramingGuard:
     """stdin for pygls that finds the next message after a broken header.
 
@@ -201,19 +222,33 @@ class FramingGuard:
         self.stream = stream
 
     def readline(self) -> bytes:
-        line = self.stream.readline()
-        cut = line.find(b"Content-Length:")
-        if cut > 0:
-            log.warning("dropped %d bytes of a broken message before the next header", cut)
-            return line[cut:]
-        return line
+        return _header_line(self.stream.readline())
 
     def read(self, n: int) -> bytes:
-        """A body of n bytes. A Content-Length beyond MAX_MESSAGE_BYTES is not read (it would be allocated up
-        front: 99999999999999999999 raised OverflowError in the read loop and the server died): the message is
-        answered as unreadable and the next header found as after a broken one."""
-        if n > MAX_MESSAGE_BYTES:
-            log.warning("a message of %d bytes (Content-Length) is over the limit of %d: skipped", n,
-                        MAX_MESSAGE_BYTES)
+        """A body of n bytes, or one space (unreadable) for a Content-Length over the limit."""
+        return b" " if _body_too_long(n) else self.stream.read(n)
+
+
+class AsyncFramingGuard:
+    """FramingGuard for a TCP connection's asyncio.StreamReader. A connection that resets or ends in the middle
+    of a message reads as the end of the input (pygls's loop raised, and the server went on with no client)."""
+
+    def __init__(self, reader: Any) -> None:
+        self.reader = reader
+
+    async def readline(self) -> bytes:
+        try:
+            return _header_line(await self.reader.readline())
+        except ValueError:  # a line over the reader's limit, dropped: not a header, not the end of the headers
+            log.warning("dropped a line over %d bytes where a header belonged", MAX_HEADER_LINE_BYTES)
+            return b"-\n"
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return b""
+
+    async def readexactly(self, n: int) -> bytes:
+        if _body_too_long(n):
             return b" "
-        return self.stream.read(n)
+        try:
+            return await self.reader.readexactly(n)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return b""

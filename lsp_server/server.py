@@ -16,6 +16,7 @@ from typing import Any, Awaitable, Callable, TypeVar
 
 from lsprotocol import types
 from pygls.exceptions import JsonRpcException, JsonRpcInvalidParams, JsonRpcServerNotInitialized
+from pygls.io_ import run_async
 from pygls.lsp.server import LanguageServer
 from pygls.uris import to_fs_path
 from pygls.workspace import TextDocument
@@ -29,7 +30,8 @@ from lsp_server.engine_client import EngineClient, EngineSpec, EngineUnavailable
 from lsp_server.holes import Hole
 from lsp_server.options import Settings, parse_settings
 from lsp_server.positions import Pos, line_count, line_starts, offset_at, plain_breaks, position_at
-from lsp_server.protocol import CLIENT_ERROR_FILTER, CodefillProtocol, is_client_error
+from lsp_server.protocol import (CLIENT_ERROR_FILTER, MAX_HEADER_LINE_BYTES, AsyncFramingGuard, CodefillProtocol,
+                                 is_client_error)
 
 log = logging.getLogger("codefill.server")
 
@@ -211,6 +213,43 @@ class CodefillServer(LanguageServer):
     def _notify(self, level: int, message: str) -> None:
         """An engine event the user should see once (out of memory, a restart that failed)."""
         self.show(message, types.MessageType.Error if level >= logging.ERROR else types.MessageType.Warning)
+
+    def start_tcp(self, host: str, port: int) -> None:
+        """Serve one client over TCP, as over stdio: the first connection is the session, another one meanwhile is
+        closed at once (pygls gave it the first one's output), and the server ends when its client goes, also by a
+        reset or in the middle of a message (pygls's loop raised there and the server lived on, deaf: the next
+        client's initialize was refused as a second one)."""
+        self._stop_event = stop_event = threading.Event()
+
+        async def serve() -> None:
+            ended = asyncio.Event()
+            taken = False
+
+            async def connection(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                nonlocal taken
+                peer = writer.get_extra_info("peername")
+                if taken:
+                    log.warning("closed a connection from %s: the server serves one client", peer)
+                    writer.close()
+                    return
+                taken = True
+                log.info("client connected from %s", peer)
+                self.protocol.set_writer(writer)
+                try:
+                    await run_async(stop_event=stop_event, reader=AsyncFramingGuard(reader), protocol=self.protocol,
+                                    logger=log, error_handler=self.report_server_error)
+                finally:
+                    log.info("the client has gone")
+                    ended.set()
+
+            listening = await asyncio.start_server(connection, host, port, limit=MAX_HEADER_LINE_BYTES)
+            self._server = listening
+            log.info("listening on %s", ", ".join(str(sock.getsockname()) for sock in listening.sockets))
+            async with listening:
+                await ended.wait()
+            self.shutdown()
+
+        asyncio.run(serve())
 
     def send_threadsafe(self, send: Callable[[], None]) -> None:
         """Run a send on the event loop thread (the writer is not thread-safe)."""

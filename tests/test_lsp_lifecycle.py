@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -294,29 +295,54 @@ def test_exit_without_shutdown_is_an_error_exit() -> None:
         assert proc.wait(timeout=10) == 1
 
 
-def test_tcp_transport() -> None:
+def _tcp_server() -> tuple[subprocess.Popen, int]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "lsp_server", *FAKE, "--tcp", f"127.0.0.1:{port}"],
                             stderr=subprocess.DEVNULL, env=server_env(), cwd=REPO)
+    return proc, port
+
+
+def _connect(port: int) -> socket.socket:
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            return socket.create_connection(("127.0.0.1", port), timeout=10)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def test_tcp_transport() -> None:
+    """One client at a time, framed as on stdio: a second connection meanwhile is closed (it took the first one's
+    output), an oversized Content-Length is answered as unreadable, and the server ends when its client goes, even
+    by a reset in the middle of a message."""
+    proc, port = _tcp_server()
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            try:
-                conn = socket.create_connection(("127.0.0.1", port), timeout=10)
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
-        with conn:
+        with _connect(port) as conn:
             stream = conn.makefile("rwb")
             stream.write(_frame({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {"capabilities": {}}}))
             stream.flush()
             result = _responses(stream, {1})[1]["result"]
             assert result["serverInfo"]["name"] == "codefill"
             assert result["capabilities"]["inlineCompletionProvider"] is not None
+
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as intruder:
+                assert intruder.recv(100) == b""  # closed at once, nothing sent to it
+
+            stream.write(b"Content-Length: 99999999999999999999\r\n\r\n")
+            stream.write(_frame({"jsonrpc": "2.0", "id": 2, "method": "codefill/serverState", "params": {}}))
+            stream.flush()
+            answers = _responses(stream, {None, 2})
+            assert answers[None]["error"]["code"] == -32700 and "openDocuments" in json.dumps(answers[2]["result"])
+
+            stream.write(b"Content-Length: 500\r\n\r\n{")  # the client goes in the middle of a message, by a reset
+            stream.flush()
+            stream.close()
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        assert proc.wait(timeout=15) == 0
     finally:
         proc.kill()
         proc.wait()
