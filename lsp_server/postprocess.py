@@ -7,6 +7,7 @@ import re
 from lsp_server import languages
 from lsp_server.holes import Hole, encode_indent, indent_columns, line_bounds, neighbour_line
 from lsp_server.languages import LanguageSpec
+from lsp_server.python_check import breaks_python
 
 _CLOSE_OF = {"(": ")", "[": "]", "{": "}"}
 _OPEN_OF = {v: k for k, v in _CLOSE_OF.items()}
@@ -214,9 +215,13 @@ def _parse_checked(hole: Hole, fill: str, document: str, spec: LanguageSpec | No
         return fill  # too large to check
     best, best_errors = None, errors_before + 1
     for candidate in [fill, *_repairs(fill, _lifetimes(hole))]:
-        after = languages.count_syntax_errors(spec, _filled(document, hole, candidate))
+        filled = _filled(document, hole, candidate)
+        after = languages.count_syntax_errors(spec, filled)
         if after is None:
             return candidate
+        if spec.name == "python" and after < best_errors and breaks_python(
+                document, hole.start, hole.end, filled, len(hole.insert_text(candidate))):
+            after = errors_before + 1  # Python rejects what tree-sitter let pass (`name =` on its own)
         if after < best_errors:
             best, best_errors = candidate, after
         if after == 0 or (candidate is fill and after < errors_before):

@@ -7,6 +7,7 @@ import pytest
 from lsp_server import languages
 from lsp_server.holes import find_hole
 from lsp_server.postprocess import bracket_scan, dedupe_against_suffix, postprocess
+from lsp_server.python_check import breaks_python, statement_around
 
 
 def _apply(language_id: str | None, marked: str, fill: str) -> tuple[str | None, str | None]:
@@ -36,6 +37,10 @@ CASES = [
     ("python", 'd["|"]\n', "key]", 'd["key"]\n'),
     ("python", 'f("|")\n', "(a)", 'f("(a)")\n'),  # brackets the fill opens itself are string text
     ("python", 'name = "|"\n', 'hello"', 'name = "hello"\n'),  # the closing quote written again
+    # tree-sitter reads `b =` above a call as one assignment; Python does not: the fill is dropped.
+    ("python", "class A:\n    def f(self, a):\n        x = 1\n        |\n        g(x)\n", "b =", None),
+    ("python", "@dec\ndef f(a):\n    x = 1\n    |\n    print(x)\n\n\nf(2)\n", "y = x =", None),
+    ("python", "def f(a):\n    x = 1\n    |\n    g(x)\n", "x += a", "def f(a):\n    x = 1\n    x += a\n    g(x)\n"),
     # Unclosed brackets in the fill are closed rather than breaking the file.
     ("python", "x = foo(|)\n", "a, (b", "x = foo(a, (b))\n"),
     # A stray closer that would break the parse is dropped.
@@ -168,3 +173,14 @@ def test_a_fill_in_a_gnu_style_file_writes_eight_columns_as_a_tab() -> None:
     fill = "if (a)\n        b ();\n      c ();"
     assert postprocess(hole, fill, text, spec, languages.count_syntax_errors(spec, text)) == \
         "      if (a)\n\tb ();\n      c ();"
+
+
+def test_python_check_reads_only_the_statement_around_the_fill() -> None:
+    text = "import os\n\n\n@dec\ndef f(a):\n    x = 1\n\n# note\n    return x\nelse_value = 2\n\n\nclass B:\n    pass\n"
+    start = text.index("x = 1")
+    assert statement_around(text, start, start + 5) == "@dec\ndef f(a):\n    x = 1\n\n# note\n    return x"
+    end_of_b = text.index("pass")
+    assert statement_around(text, end_of_b, end_of_b) == "class B:\n    pass\n"
+    # Code that Python rejects around the hole before the fill: the fill is not held against it.
+    broken = "def f(:\n    \n"
+    assert not breaks_python(broken, 12, 12, broken[:12] + "x =" + broken[12:], 3)
