@@ -229,6 +229,25 @@ def _parse_checked(hole: Hole, fill: str, document: str, spec: LanguageSpec | No
     return best
 
 
+_NAME = r"[A-Za-z_$][\w$]*(?:\.[A-Za-z_$][\w$]*)*"
+# A line that does nothing: a comment marker with no comment, or a name assigned to itself (`x = x`, `self.a = self.a;`).
+_COMMENT_MARKER = re.compile(r"\s*(?:#+|//+|/\*+\s*(?:\*+/)?|\*+/)\s*")
+_NO_OP_LINE = re.compile(rf"{_COMMENT_MARKER.pattern}|\s*(?P<name>{_NAME})\s*=\s*(?P=name)\s*;?\s*")
+
+
+def _does_nothing(hole: Hole, fill: str, document: str) -> bool:
+    """Whether every line the fill writes (a one-line fill: the whole line it completes) does nothing."""
+    if _COMMENT_MARKER.fullmatch(fill):
+        return True  # `x = 1  #`
+    if "\n" in fill.strip("\n"):
+        return all(_NO_OP_LINE.fullmatch(line) for line in fill.split("\n") if line.strip())
+    inserted = hole.insert_text(fill)
+    line = document[line_bounds(document, hole.start)[0] : hole.start] + inserted.split("\n", 1)[0]
+    if "\n" not in inserted:
+        line += document[hole.end : line_bounds(document, hole.end)[1]]
+    return bool(_NO_OP_LINE.fullmatch(line))
+
+
 def postprocess(
     hole: Hole,
     fill: str,
@@ -244,6 +263,6 @@ def postprocess(
     they become the document's own (\\r\\n in a CRLF file).
     """
     fill = _parse_checked(hole, clean_fill(hole, fill, document), document, spec, errors_before)
-    if fill is None:
+    if fill is None or _does_nothing(hole, fill, document):
         return None
     return hole.insert_text(fill).replace("\n", hole.line_break)

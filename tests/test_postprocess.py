@@ -41,6 +41,16 @@ CASES = [
     ("python", "class A:\n    def f(self, a):\n        x = 1\n        |\n        g(x)\n", "b =", None),
     ("python", "@dec\ndef f(a):\n    x = 1\n    |\n    print(x)\n\n\nf(2)\n", "y = x =", None),
     ("python", "def f(a):\n    x = 1\n    |\n    g(x)\n", "x += a", "def f(a):\n    x = 1\n    x += a\n    g(x)\n"),
+    # Fills that do nothing are not offered: a name assigned to itself, a comment marker with no comment.
+    ("python", "def f(timeout):\n    |\n    return timeout\n", "timeout = timeout", None),
+    ("python", "def f(a):\n    x = |\n", "x", None),
+    ("javascript", "function f(a) {\n  |\n}\n", "this.a = this.a;", None),
+    ("python", "def f(a):\n    x = 1\n    |\n    return x\n", "#", None),
+    ("python", "def f(a):\n    x = 1  |\n", "#", None),
+    ("c", "int f(void) {\n    |\n}\n", "/* */", None),
+    ("python", "def f(a):\n    x = 1  |\n", "# one", "def f(a):\n    x = 1  # one\n"),
+    ("python", "class A:\n    def f(self, name):\n        |\n", "self.name = name",
+     "class A:\n    def f(self, name):\n        self.name = name\n"),
     # Unclosed brackets in the fill are closed rather than breaking the file.
     ("python", "x = foo(|)\n", "a, (b", "x = foo(a, (b))\n"),
     # A stray closer that would break the parse is dropped.
