@@ -40,7 +40,7 @@ class FakeEngine:
     def count_tokens(self, text: str) -> int:
         return max(1, len(text) // 3)
 
-    def fill(self, prefix: str, suffix: str, max_tokens: int = 32, *, single_line: bool = False,
+    def fill(self, prefix: str, suffix: str, max_tokens: int = 32, single_line: bool = False, *,
              steps: int | None = None, temperature: float = 0.0, seed: int | None = None,
              cancel: threading.Event | None = None) -> FakeFill:
         context = prefix + suffix
