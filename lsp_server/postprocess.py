@@ -230,7 +230,8 @@ def _parse_checked(hole: Hole, fill: str, document: str, spec: LanguageSpec | No
 
 
 _NAME = r"[A-Za-z_$][\w$]*(?:\.[A-Za-z_$][\w$]*)*"
-# A line that does nothing: a comment marker with no comment, or a name assigned to itself (`x = x`, `self.a = self.a;`).
+# A line that does nothing: a comment marker with no comment, or a name assigned to itself (`x = x`,
+# `self.a = self.a;`).
 _COMMENT_MARKER = re.compile(r"\s*(?:#+|//+|/\*+\s*(?:\*+/)?|\*+/)\s*")
 _NO_OP_LINE = re.compile(rf"{_COMMENT_MARKER.pattern}|\s*(?P<name>{_NAME})\s*=\s*(?P=name)\s*;?\s*")
 

@@ -341,7 +341,7 @@ def test_fill_lines_range_and_disable(nvim) -> None:
     nvim.command("normal! 2G")
     nvim.command("2CodefillFill")
     result = wait_for("the answer", lambda: (state(nvim)["fill"] or {}).get("result"))
-    assert result == {"applied": False, "reason": "no fill"}
+    assert result == {"applied": False, "reason": "codefill is disabled (codefill.enabled is false)"}
     nvim.command("CodefillEnable")
     assert cf(nvim, ".status()") == "ready"
 
@@ -533,7 +533,7 @@ def test_candidates_and_restart_keep_settings(tmp_path: Path) -> None:
         assert cf(session, ".status()") == "off"
         session.command("3CodefillFill")  # the new server was told: it answers with no fill
         result = wait_for("the answer", lambda: (state(session)["fill"] or {}).get("result"))
-        assert result == {"applied": False, "reason": "no fill"}
+        assert result == {"applied": False, "reason": "codefill is disabled (codefill.enabled is false)"}
         session.command("CodefillEnable")
         wait_for("ready", lambda: cf(session, ".status()") == "ready")
         # keymaps.fill in visual mode: exactly the selection, not the lines
