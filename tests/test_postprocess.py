@@ -191,6 +191,16 @@ def test_python_check_reads_only_the_statement_around_the_fill() -> None:
     assert statement_around(text, start, start + 5) == "@dec\ndef f(a):\n    x = 1\n\n# note\n    return x"
     end_of_b = text.index("pass")
     assert statement_around(text, end_of_b, end_of_b) == "class B:\n    pass\n"
+    # A method alone, dedented: the cost follows the function, not the class or the file.
+    methods = "class C:\n    @property\n    def f(self):\n        if self:\n            y = 2\n        else:\n" \
+              "            y = 3\n        return y\n\n    def g(self):\n        pass\n"
+    at = methods.index("y = 2")
+    assert statement_around(methods, at, at) == "@property\ndef f(self):\n    if self:\n        y = 2\n    else:\n" \
+                                                "        y = 3\n    return y\n"
+    # Text of a string at column 0 cuts the function short: what is cut out does not parse, the fill is let be.
+    text = 'def f():\n    s = \"\"\"\ncol 0\n\"\"\"\n    \n    return s\n'
+    at = text.index("    \n") + 4
+    assert not breaks_python(text, at, at, text[:at] + "x =" + text[at:], 3)
     # Code that Python rejects around the hole before the fill: the fill is not held against it.
     broken = "def f(:\n    \n"
     assert not breaks_python(broken, 12, 12, broken[:12] + "x =" + broken[12:], 3)
