@@ -1,13 +1,13 @@
-"""What an editor would get on blank lines of real Python functions: one statement of a function body is blanked
-(its indentation kept), the hole is filled as the language server fills it (holes, engine, post-processing), and the
-result is read with Python's parser.
+"""What an editor would get in real Python functions: one statement of a function body is blanked (its indentation
+kept) or, with --kind line, cut after its start (`x = `, `return `, `f(`), the hole is filled as the language server
+fills it (holes, engine, post-processing), and the result is read with Python's parser.
 
-    python -m benchmarks.block_fills --holes 150 --seed 1 [--model DIR] [--json out.json]
+    python -m benchmarks.block_fills --holes 150 --seed 1 [--kind line] [--model DIR] [--json out.json]
 
 The files are the installed Python of this interpreter (site-packages, tests left out), so the figures depend on the
 machine's packages: compare settings or models within one run, or on the same machine. Counts: holes tried; fills
 offered; fills after which the file no longer parses (ast.parse); fills that repeat one of the 8 lines above; fills
-equal to the blanked statement.
+equal to what was taken out.
 """
 
 from __future__ import annotations
@@ -34,8 +34,18 @@ def _files(root: Path, seed: int) -> list[Path]:
     return files
 
 
-def holes(root: Path, seed: int) -> Iterator[tuple[Path, str, int, str, int]]:
-    """(file, text with one body statement blanked, its 0-based line, the statement, offset of the cursor)."""
+def _kept(statement: str) -> str:
+    """What a line hole keeps of a statement: up to its `= `, `return ` or first `(`; '' when it has none."""
+    for mark in (" = ", " += ", "return ", "("):
+        at = statement.find(mark)
+        if at >= 0:
+            return statement[: at + len(mark)]
+    return ""
+
+
+def holes(root: Path, seed: int, kind: str = "block") -> Iterator[tuple[Path, str, int, str, int]]:
+    """(file, text with one body statement blanked (kind "block") or cut after its start ("line"), its 0-based
+    line, what was taken out, offset of the cursor)."""
     rng = random.Random(seed)
     for path in _files(root, seed):
         try:
@@ -52,14 +62,18 @@ def holes(root: Path, seed: int) -> Iterator[tuple[Path, str, int, str, int]]:
         i = rng.choice(statements).lineno - 1
         lines = source.split("\n")
         indent = lines[i][: len(lines[i]) - len(lines[i].lstrip())]
-        blanked = lines[:i] + [indent] + lines[i + 1 :]
-        offset = sum(len(line) + 1 for line in blanked[:i]) + len(indent)
-        yield path, "\n".join(blanked), i, lines[i].strip(), offset
+        statement = lines[i].strip()
+        kept = _kept(statement) if kind == "line" else ""
+        if kind == "line" and not kept:
+            continue
+        blanked = lines[:i] + [indent + kept] + lines[i + 1 :]
+        offset = sum(len(line) + 1 for line in blanked[:i]) + len(indent) + len(kept)
+        yield path, "\n".join(blanked), i, statement[len(kept) :], offset
 
 
-def run(engine: Any, root: Path, n: int, seed: int) -> dict[str, Any]:
+def run(engine: Any, root: Path, n: int, seed: int, kind: str = "block") -> dict[str, Any]:
     rows = []
-    for path, text, i, statement, offset in holes(root, seed):
+    for path, text, i, statement, offset in holes(root, seed, kind):
         if len(rows) >= n:
             break
         found = complete_at(engine, text, offset, "python")
@@ -73,7 +87,7 @@ def run(engine: Any, root: Path, n: int, seed: int) -> dict[str, Any]:
                 row["parses"] = False
             above = {line.strip() for line in text.split("\n")[max(0, i - CONTEXT_LINES) : i] if line.strip()}
             row["repeats"] = any(line.strip() in above for line in found.insert_text.split("\n") if line.strip())
-            row["exact"] = found.insert_text.strip() == statement
+            row["exact"] = found.insert_text.strip() == statement.strip()
         rows.append(row)
     offered = [r for r in rows if r["fill"]]
     return {
@@ -89,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.block_fills", description=__doc__.split("\n\n")[0])
     p.add_argument("--holes", type=int, default=150, help="holes to fill (default 150)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--kind", choices=("block", "line"), default="block",
+                   help="block: a whole statement blanked (default); line: the rest of it after its `= `, "
+                        "`return ` or first `(`")
     p.add_argument("--model", default=None, help="model directory (default: the built-in model)")
     p.add_argument("--root", type=Path, default=Path(sysconfig.get_paths()["purelib"]),
                    help="where the Python files are taken from (default: this interpreter's site-packages)")
@@ -96,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from engine.api import Engine
 
-    result = run(Engine.from_pretrained(args.model), args.root, args.holes, args.seed)
+    result = run(Engine.from_pretrained(args.model), args.root, args.holes, args.seed, args.kind)
     summary = {k: v for k, v in result.items() if k != "rows"}
     print(json.dumps(summary))
     if args.json is not None:

@@ -191,6 +191,8 @@ def _repairs(fill: str, lifetimes: bool = False) -> list[str]:
         if _unescaped_count(_CHAR_LITERAL.sub("", last) if lifetimes else last, quote) % 2:
             trimmed = fill.rstrip()
             out.append(trimmed[:-1].rstrip() if trimmed.endswith(quote) else trimmed + quote)
+    if fill.rstrip().endswith("()"):  # `[]()`: the built-in model's call of a literal, where `[]` belonged
+        out.append(fill.rstrip()[:-2])
     lines = fill.split("\n")
     for n in range(len(lines) - 1, 0, -1):
         out.append("\n".join(lines[:n]).rstrip())

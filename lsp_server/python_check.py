@@ -1,14 +1,14 @@
-"""Python's own parser as a second check on fills, after tree-sitter's.
+"""Python's own compiler as a second check on fills, after tree-sitter's.
 
 tree-sitter's Python grammar recovers without an ERROR node from some code that Python rejects: a fill such as
-`name =` on a line of its own parses there with no error, and such fills were shown. Only the innermost def or class
+`name =` on a line of its own parses there with no error, and such fills were shown; nor does a parser see `break`
+outside a loop or a call of a literal (`return [](w)`), which the compiler rejects or warns about. Only the innermost def or class
 around the fill is parsed (or the top-level statement), dedented, so the cost follows the size of that function, not
-of the file: `ast.parse` takes ~17 us a line here, 45 ms for a 2,600-line module.
+of the file (`ast.parse` alone takes ~17 us a line here, 45 ms for a 2,600-line module). Nothing compiled is run.
 """
 
 from __future__ import annotations
 
-import ast
 import functools
 import re
 import warnings
@@ -61,14 +61,16 @@ def _block_end(lines: list[str], i: int, level: int) -> int:
 
 
 @functools.lru_cache(maxsize=16)  # the statement before the fill, once for all of a request's candidates
-def _parses(source: str) -> bool:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # SyntaxWarning for odd escapes in the user's code: not ours to show
-            ast.parse(source)
-    except (SyntaxError, ValueError, MemoryError, RecursionError):  # ValueError: a NUL byte
-        return False
-    return True
+def _compiled(source: str) -> frozenset[str] | None:
+    """The compiler's warnings for source (`'list' object is not callable`, ...), or None when it is rejected.
+    Compiled, never run: compile() also rejects what the parser lets pass (`break` outside a loop)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            compile(source, "<fill>", "exec", dont_inherit=True)
+        except (SyntaxError, ValueError, MemoryError, RecursionError):  # ValueError: a NUL byte
+            return None
+    return frozenset(str(w.message) for w in caught)
 
 
 def statement_around(text: str, start: int, end: int) -> str | None:
@@ -84,11 +86,50 @@ def statement_around(text: str, start: int, end: int) -> str | None:
     return "\n".join(line[level:] for line in lines[a:b])
 
 
+def _line_span(text: str, start: int, end: int) -> tuple[int, int]:
+    """Start of the line holding start, end of the line holding end (before its line break)."""
+    line_end = text.find("\n", end)
+    return text.rfind("\n", 0, start) + 1, len(text) if line_end < 0 else line_end
+
+
+def _passed(text: str, start: int, end: int) -> tuple[str, int]:
+    """text with the lines holding [start, end) made one `pass` at the first one's indentation; where it starts."""
+    a, b = _line_span(text, start, end)
+    line = text[a:b]
+    return text[:a] + line[: _indent(line)] + "pass" + text[b:], a
+
+
+def _with_body(text: str, at: int) -> str:
+    """text with a `pass` body under the line holding at, where that line opens a block (`def g(x):`) and ends
+    there: a header typed at the end of its function has no body yet."""
+    a, b = _line_span(text, at, at)
+    line = text[a:b]
+    if not line.rstrip().endswith(":") or text[at:b].strip():
+        return text
+    return text[:b] + "\n" + line[: _indent(line)] + "    pass" + text[b:]
+
+
 def breaks_python(before: str, hole_start: int, hole_end: int, after: str, insert_len: int) -> bool:
-    """Whether replacing [hole_start, hole_end) of before, giving after, turned statements Python accepted into
-    ones it rejects (where the code there did not parse to begin with, a fill is not held against it)."""
+    """Whether the fill that made after from before ([hole_start, hole_end) replaced by insert_len characters)
+    leaves the function around it rejected by Python's compiler, or warned about, where it was not: the function
+    as it was, or, where only the statement being typed kept it from compiling (`x = `, `f(`), the function
+    without that statement. Where the code there did not compile either way, the fill is not held against it."""
     statement = statement_around(before, hole_start, hole_end)
-    if statement is None or len(statement) > MAX_CHECK_CHARS or not _parses(statement):
+    if statement is None or len(statement) > MAX_CHECK_CHARS:
         return False
-    filled = statement_around(after, hole_start, hole_start + insert_len)
-    return filled is not None and not _parses(filled)
+    accepted = _compiled(statement)
+    if accepted is None:
+        passed, at = _passed(before, hole_start, hole_end)
+        statement = statement_around(passed, at, at)
+        accepted = None if statement is None else _compiled(statement)
+        if accepted is None:
+            return False
+    end = hole_start + insert_len
+    filled = statement_around(after, hole_start, end)
+    if filled is None:
+        return False
+    warned = _compiled(filled)
+    if warned is None:
+        bodied = statement_around(_with_body(after, end), hole_start, end)
+        warned = None if bodied is None else _compiled(bodied)
+    return warned is None or not warned <= accepted  # rejected, or a warning of its own (calling a literal, ...)

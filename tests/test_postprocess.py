@@ -41,6 +41,19 @@ CASES = [
     ("python", "class A:\n    def f(self, a):\n        x = 1\n        |\n        g(x)\n", "b =", None),
     ("python", "@dec\ndef f(a):\n    x = 1\n    |\n    print(x)\n\n\nf(2)\n", "y = x =", None),
     ("python", "def f(a):\n    x = 1\n    |\n    g(x)\n", "x += a", "def f(a):\n    x = 1\n    x += a\n    g(x)\n"),
+    # ... nor what Python's compiler rejects or warns about: `break` outside a loop, a call of a literal.
+    ("python", "def f(a):\n    x = 1\n    |\n    return x\n", "break", None),
+    ("python", "def f(a):\n    for x in a:\n        |\n    return a\n", "break",
+     "def f(a):\n    for x in a:\n        break\n    return a\n"),
+    ("python", "def area(w, h):\n    return |\n", "[](w)", None),
+    ("python", "def f(a):\n    x = |\n    return x\n", "[]()", "def f(a):\n    x = []\n    return x\n"),  # repaired
+    ("python", "def f(a):\n    x = |\n    return x\n", "set()", "def f(a):\n    x = set()\n    return x\n"),
+    # While a statement is typed the function does not compile: a fill must make it compile, not leave it open.
+    ("python", "def f(a):\n    x = |\n    return x\n", "kernel.", None),
+    ("python", "def f(a):\n    x = |\n    return x\n", "a + 1", "def f(a):\n    x = a + 1\n    return x\n"),
+    ("python", "class A:\n    def f(self):\n        return 1\n\n    def g(self|\n", ", x):",
+     "class A:\n    def f(self):\n        return 1\n\n    def g(self, x):\n"),  # a header: its body comes next
+    ("python", 'def f(a):\n    s = "\\d"\n    |\n', "t = 1", 'def f(a):\n    s = "\\d"\n    t = 1\n'),  # its own warning
     # Fills that do nothing are not offered: a name assigned to itself, a comment marker with no comment.
     ("python", "def f(timeout):\n    |\n    return timeout\n", "timeout = timeout", None),
     ("python", "def f(a):\n    x = |\n", "x", None),
