@@ -308,9 +308,10 @@ def cmd_fill(args: argparse.Namespace) -> int:
         write_back(path, source, filled)
     if not result and not args.json:  # nothing survived post-processing: say what the model proposed, on stderr
         raw = ", ".join(repr(r) for r in result.raw) or "nothing"
-        print(f"codefill: no fill for this {result.hole.kind} hole (the model proposed {raw}; it repeated the "
-              "code after the hole or made the file parse worse)" + ("; the file is unchanged" if args.write else ""),
-              file=sys.stderr)
+        why = (f"no fill for this {result.hole.kind} hole (the model proposed {raw}; it repeated the code after the "
+               "hole, made the file parse worse or did nothing)") if result.engine_calls else \
+            "no fill: there is no code in the file to fill from"
+        print(f"codefill: {why}" + ("; the file is unchanged" if args.write else ""), file=sys.stderr)
     return 0 if result else 1
 
 

@@ -87,6 +87,8 @@ def complete_at(engine: Filler, text: str, offset: int, language_id: str | None,
         hole = find_hole(text, offset, language_id, selection_end, max_tokens=max_tokens)
     errors_before = _errors_in(language_id, text) if spec else None
     result = Completion(hole)
+    if not text.strip():
+        return result  # no code to go on: a model can only make something up (the built-in one wrote `isisherher`)
     started = time.perf_counter()
     for budget, temperature, seed in plan_attempts(hole, candidates):
         if len(result.inserts) >= candidates or (cancel is not None and cancel.is_set()):

@@ -465,6 +465,8 @@ class CodefillServer(LanguageServer):
             return f"codefill does not fill {doc.language_id or 'unknown'} documents (codefill.languages)"
         if end.line >= line_count(doc.text, None if plain_breaks(doc.text) else line_starts(doc.text)):
             return "the range is past the end of the document"
+        if not doc.text.strip():
+            return "the document has no code to fill from"
         if self.engine_loading:
             return "the model is still loading; try again in a moment"
         if self.engine_error is not None:

@@ -186,6 +186,14 @@ def test_json_exits_1_without_a_fill(tmp_path, scripted, capsys):
     assert status == 0 and json.loads(out)["insert_text"] == "1"
 
 
+def test_an_empty_file_is_not_filled(tmp_path, scripted, capsys):
+    """With no code on either side the model can only make something up: no engine call, exit 1, and why."""
+    (tmp_path / "empty.py").write_text("\n\n")
+    status, out, err, engine = scripted(capsys, "isisherher", f"{tmp_path / 'empty.py'}:1:1")
+    assert status == 1 and out == "" and engine.asked == []
+    assert err == "codefill: no fill: there is no code in the file to fill from\n"
+
+
 def test_candidates_ask_again_and_json_lists_the_distinct_fills(tmp_path, scripted, capsys):
     (tmp_path / "a.py").write_text("x = \n")
     status, out, _, engine = scripted(capsys, "1", f"{tmp_path / 'a.py'}:1:5", "--json", "--candidates", "3")

@@ -226,6 +226,8 @@ async def test_a_fill_command_that_finds_nothing_says_why(client) -> None:
     open_doc(client, "file:///why.py", "x = 1\n")
     assert "past the end" in await reason("file:///why.py", end_line=9)
     assert await reason("file:///why.py") == "the model found no fill here"  # the fake engine fills nothing here
+    open_doc(client, "file:///blank.py", "\n\n")
+    assert await reason("file:///blank.py") == "the document has no code to fill from"
 
 
 async def test_no_code_action_without_a_selection(client) -> None:
