@@ -90,7 +90,7 @@ def indent_style(text: str, default: str = "    ") -> tuple[str, int]:
     belongs to continuation lines."""
     steps: dict[int, int] = {}
     previous: tuple[int, str] | None = None  # the width and last character of the last code line
-    tab_lines = space_lines = 0
+    tab_lines = space_lines = deep_space_lines = 0
     lines = text[:INDENT_SCAN_CHARS].splitlines()
     if len(text) > INDENT_SCAN_CHARS:
         lines.pop()  # cut short: its indentation may be too
@@ -103,11 +103,15 @@ def indent_style(text: str, default: str = "    ") -> tuple[str, int]:
         lead = line[: len(line) - len(line.lstrip(" \t"))]
         tab_lines += lead.startswith("\t")
         space_lines += lead.startswith(" ") and indent_columns(lead) < TAB_COLUMNS
+        deep_space_lines += lead.startswith(" " * TAB_COLUMNS)
         width = indent_columns(lead)
         if previous is not None and width > previous[0] and previous[1] in "{:([":
             steps[width - previous[0]] = steps.get(width - previous[0], 0) + 1
         previous = (width, body[-1])
     mixed = tab_lines and space_lines >= max(3, tab_lines // 5)  # a few stray space-indented lines do not count
+    if mixed and deep_space_lines > tab_lines:
+        tab_lines = mixed = 0  # 8 columns and more in spaces, mostly: the tabs are elsewhere (a table in a
+        # docstring), and the file indents with spaces, not GNU style
     if tab_lines and not mixed:
         return "\t", 0
     if steps:

@@ -287,6 +287,10 @@ def test_indent_style_tells_gnu_tabs_from_tab_indentation() -> None:
     stray = kernel + "".join(f"int g{n}(void)\n{{\n  return {n};\n}}\n" for n in range(2))  # two odd lines
     assert indent_style(stray) == ("\t", 0)
     assert indent_style("def f():\n    return 1\n") == ("    ", 0)
+    # Tabs in a docstring's table, code in spaces at 4 and 8 columns (fontTools): spaces, not GNU's tabs for eights.
+    table = 'FORMAT = """\n' + "\tversion:\tH\n" * 6 + '"""\n\n\nclass A:\n' \
+            + "".join(f"    def f{n}(self):\n        x = 1\n        return x\n" for n in range(4))
+    assert indent_style(table) == ("    ", 0)
 
 
 def test_gnu_style_blocks_are_indented_in_columns_with_tabs_for_eights() -> None:
