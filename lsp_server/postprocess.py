@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 from lsp_server import languages
 from lsp_server.holes import Hole, encode_indent, indent_columns, line_bounds, neighbour_line
@@ -251,6 +252,45 @@ def _does_nothing(hole: Hole, fill: str, document: str) -> bool:
     return bool(_NO_OP_LINE.fullmatch(line))
 
 
+_LINES = re.compile(r"\r\n|\r|\n")  # LSP's line breaks
+_EXITS = re.compile(r"\s*(?:return|raise|throw|break|continue)\b")
+# What may follow a return in the same block at its indentation: the rest of an if/try/switch, a closer.
+_AFTER_EXIT = re.compile(r"\s*(?:(?:else|elif|except|finally|case|default|catch)\b|[)\]}])")
+
+
+def _lines_from(text: str, start: int) -> Iterator[str]:
+    """The rest of the line at start, then the lines after it, read as they are asked for."""
+    while True:
+        found = _LINES.search(text, start)
+        yield text[start : found.start() if found else len(text)]
+        if found is None:
+            return
+        start = found.end()
+
+
+def _cuts_off_code(hole: Hole, fill: str, document: str) -> str | None:
+    """A block fill whose last line leaves the block (`return out`) above code of the same block makes that code
+    unreachable: the fill without that line (None when nothing is left); the fill itself otherwise."""
+    lines = fill.rstrip().split("\n")
+    if hole.kind != "block" or not _EXITS.match(lines[-1]):
+        return fill
+    last = lines[-1] if len(lines) > 1 else document[line_bounds(document, hole.start)[0] : hole.start]
+    width = indent_columns(last[: len(last) - len(last.lstrip(" \t"))])
+    for n, line in enumerate(_lines_from(document, hole.end)):
+        code = line.strip()
+        if n == 0:
+            if code:
+                return fill  # code right after the hole (a cursor in a line's indentation): not judged here
+            continue
+        if not code or code.startswith(("#", "//", "/*", "*")):
+            continue
+        if indent_columns(line[: len(line) - len(line.lstrip(" \t"))]) != width or _AFTER_EXIT.match(line):
+            return fill
+        kept = "\n".join(lines[:-1]).rstrip()
+        return kept if kept.strip() else None
+    return fill
+
+
 def postprocess(
     hole: Hole,
     fill: str,
@@ -266,6 +306,8 @@ def postprocess(
     they become the document's own (\\r\\n in a CRLF file).
     """
     fill = _parse_checked(hole, clean_fill(hole, fill, document), document, spec, errors_before)
+    if fill is not None:
+        fill = _cuts_off_code(hole, fill, document)
     if fill is None or _does_nothing(hole, fill, document):
         return None
     return hole.insert_text(fill).replace("\n", hole.line_break)

@@ -64,6 +64,17 @@ CASES = [
     ("python", "def f(a):\n    x = 1  |\n", "# one", "def f(a):\n    x = 1  # one\n"),
     ("python", "class A:\n    def f(self, name):\n        |\n", "self.name = name",
      "class A:\n    def f(self, name):\n        self.name = name\n"),
+    # A block fill that ends by leaving the block above more of that block's code would make it unreachable.
+    ("python", "def f(a):\n    x = 1\n    |\n    y = 2\n    return y\n", "return x", None),
+    ("python", "def f(a):\n    x = 1\n    |\n\n    # c\n    y = 2\n", "z = 3\n    return x",
+     "def f(a):\n    x = 1\n    z = 3\n\n    # c\n    y = 2\n"),
+    ("python", "def f(a):\n    x = 1\n    if x:\n        |\n    return x\n", "return 2",
+     "def f(a):\n    x = 1\n    if x:\n        return 2\n    return x\n"),
+    ("python", "def f(a):\n    x = 1\n    |\n", "return x", "def f(a):\n    x = 1\n    return x\n"),
+    ("javascript", "function f(a) {\n  const x = 1;\n  |\n  return x;\n}\n", "return a;", None),
+    ("c", "int f(int a) {\n    switch (a) {\n    case 1:\n        a++;\n        |\n    case 2:\n        return 0;\n"
+     "    }\n    return a;\n}\n", "break;", "int f(int a) {\n    switch (a) {\n    case 1:\n        a++;\n"
+     "        break;\n    case 2:\n        return 0;\n    }\n    return a;\n}\n"),
     # Unclosed brackets in the fill are closed rather than breaking the file.
     ("python", "x = foo(|)\n", "a, (b", "x = foo(a, (b))\n"),
     # A stray closer that would break the parse is dropped.
