@@ -254,8 +254,10 @@ def _does_nothing(hole: Hole, fill: str, document: str) -> bool:
 
 _LINES = re.compile(r"\r\n|\r|\n")  # LSP's line breaks
 _EXITS = re.compile(r"\s*(?:return|raise|throw|break|continue)\b")
-# What may follow a return in the same block at its indentation: the rest of an if/try/switch, a closer.
-_AFTER_EXIT = re.compile(r"\s*(?:(?:else|elif|except|finally|case|default|catch)\b|[)\]}])")
+# What may follow a return in the same block at its indentation: the rest of an if/try/switch, a closer, a label
+# (C's `fail:`), a JavaScript function declaration (hoisted: reachable).
+_AFTER_EXIT = re.compile(r"\s*(?:(?:else|elif|except|finally|case|default|catch|function|async\s+function)\b|[)\]}]"
+                         r"|\w+:\s*$)")
 
 
 def _lines_from(text: str, start: int) -> Iterator[str]:

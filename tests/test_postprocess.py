@@ -72,6 +72,8 @@ CASES = [
      "def f(a):\n    x = 1\n    if x:\n        return 2\n    return x\n"),
     ("python", "def f(a):\n    x = 1\n    |\n", "return x", "def f(a):\n    x = 1\n    return x\n"),
     ("javascript", "function f(a) {\n  const x = 1;\n  |\n  return x;\n}\n", "return a;", None),
+    ("javascript", "function f(a) {\n  |\n  function g() {\n    return a;\n  }\n}\n", "return g();",
+     "function f(a) {\n  return g();\n  function g() {\n    return a;\n  }\n}\n"),  # hoisted: reachable
     ("c", "int f(int a) {\n    switch (a) {\n    case 1:\n        a++;\n        |\n    case 2:\n        return 0;\n"
      "    }\n    return a;\n}\n", "break;", "int f(int a) {\n    switch (a) {\n    case 1:\n        a++;\n"
      "        break;\n    case 2:\n        return 0;\n    }\n    return a;\n}\n"),
