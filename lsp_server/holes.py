@@ -390,7 +390,9 @@ def find_hole(
                     lead=lead, indent=left + lead)
 
     if left.strip() and not right.strip():
-        if _opens_block(left, spec):
+        # After `foo(` or `xs[` at the end of a line the arguments go on as a line (`a, b)`); only a blank line
+        # below such a bracket is a block of them.
+        if _opens_block(left, spec) and not _code_of(left, spec)[0].rstrip().endswith(("(", "[")):
             # The end of a line that opens a block: statements go on the lines below.
             nxt = neighbour_line(text, line_end, 1)
             base = _statement_indent(text, line_start, line, spec)

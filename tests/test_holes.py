@@ -33,6 +33,9 @@ CASES = [
     # Python
     ("python", "def f(a):\n    return a +|\n", "line", True, "", "", "", ""),
     ("python", "def f(a):\n    x = foo(|)\n", "arguments", True, ")", "", "", ")"),
+    # `foo(` ending a line (no auto-closed bracket): the arguments go on as a line, not on a new one.
+    ("python", "def f(a):\n    x = foo(|\n    return x\n", "line", True, "", "", "", ""),
+    ("python", "class A:\n    def g(|\n", "line", True, "", "", "", ""),
     ("python", "def f(a):\n    print(a|)\n", "line", True, ")", "", "", ")"),
     ("python", "def f(a):\n    x = a|.b + 1\n", "line", True, "", "", "", ""),
     ("python", "def f(a):\n    |\n", "body", False, "", "", "", ""),
