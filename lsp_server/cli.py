@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The command line of codefill-lsp."""
     p = argparse.ArgumentParser(prog="codefill-lsp", description="codefill code-infill language server")
     p.add_argument("--version", action=VersionAction)
-    p.add_argument("--tcp", metavar="HOST:PORT", type=_host_port, help="listen on TCP instead of stdio (loopback)")
+    p.add_argument("--tcp", metavar="HOST:PORT", type=_host_port,
+                   help="listen on TCP instead of stdio (loopback), for one client: the server exits when it disconnects")
     p.add_argument("--allow-remote", action="store_true",
                    help="allow --tcp on a non-loopback address (anyone who can connect can use the server)")
     p.add_argument("--stdio", action="store_true", help="use stdio (the default; accepted because many clients pass it)")
