@@ -293,6 +293,36 @@ def _cuts_off_code(hole: Hole, fill: str, document: str) -> str | None:
     return fill
 
 
+_IDENTIFIER = re.compile(r"[A-Za-z_$][\w$]*")
+
+
+def _unstuttered(word: str, document: str) -> str | None:
+    """word with one copy of a doubled piece taken out (`infoinfo` -> `info`, `rope_rope_parameters` ->
+    `rope_parameters`) where that gives a name the document has; None when none does."""
+    for size in range(len(word) // 2, 1, -1):  # the longest doubled piece first
+        for i in range(len(word) - 2 * size + 1):
+            if word[i : i + size] == word[i + size : i + 2 * size]:
+                candidate = word[: i + size] + word[i + 2 * size :]
+                if re.search(rf"(?<![\w$]){re.escape(candidate)}(?![\w$])", document):
+                    return candidate
+    return None
+
+
+def _unstutter(fill: str, document: str) -> str:
+    """Names the model wrote with a piece twice (two neighbours decoded in the same step to the same piece) that the
+    document does not have, written as the document's name they double."""
+    def fix(match: re.Match[str]) -> str:
+        word = match.group(0)
+        if re.search(rf"(?<![\w$]){re.escape(word)}(?![\w$])", document):
+            return word  # the document's own name
+        return _unstuttered(word, document) or word
+
+    return _IDENTIFIER.sub(lambda m: fix(m) if _DOUBLED.search(m.group(0)) else m.group(0), fill)
+
+
+_DOUBLED = re.compile(r"([A-Za-z_]{2,})\1")
+
+
 def postprocess(
     hole: Hole,
     fill: str,
@@ -307,7 +337,8 @@ def postprocess(
     parses no worse; the repair that parses best wins. Line breaks are \\n until here, where
     they become the document's own (\\r\\n in a CRLF file).
     """
-    fill = _parse_checked(hole, clean_fill(hole, fill, document), document, spec, errors_before)
+    fill = _parse_checked(hole, _unstutter(clean_fill(hole, fill, document), document), document, spec,
+                          errors_before)
     if fill is not None:
         fill = _cuts_off_code(hole, fill, document)
     if fill is None or _does_nothing(hole, fill, document):

@@ -77,6 +77,11 @@ CASES = [
     ("c", "int f(int a) {\n    switch (a) {\n    case 1:\n        a++;\n        |\n    case 2:\n        return 0;\n"
      "    }\n    return a;\n}\n", "break;", "int f(int a) {\n    switch (a) {\n    case 1:\n        a++;\n"
      "        break;\n    case 2:\n        return 0;\n    }\n    return a;\n}\n"),
+    # A name with a piece written twice, where the document has the name without it, is the document's name.
+    ("python", "def f(self, info):\n    self.fs.info(info)\n    x = |\n", "self.fs.infoinfo(info)",
+     "def f(self, info):\n    self.fs.info(info)\n    x = self.fs.info(info)\n"),
+    ("python", "def f(self, loop):\n    |\n", "self.looploop = loop", "def f(self, loop):\n    self.loop = loop\n"),
+    ("python", "def f(bookkeeper):\n    x = |\n", "bookkeeper + mama", "def f(bookkeeper):\n    x = bookkeeper + mama\n"),
     # Unclosed brackets in the fill are closed rather than breaking the file.
     ("python", "x = foo(|)\n", "a, (b", "x = foo(a, (b))\n"),
     # A stray closer that would break the parse is dropped.
