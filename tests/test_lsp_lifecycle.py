@@ -22,6 +22,7 @@ from lsp_fixtures.harness import (
     PROGRESS_TOKEN,
     REPO,
     change_doc,
+    fill_command,
     inline,
     open_doc,
     rng,
@@ -69,9 +70,7 @@ async def test_a_fill_command_during_the_load_waits_for_the_model() -> None:
     try:
         uri = "file:///waiting.py"
         open_doc(client, uri, '# codefill-fake: "a * b"\ndef mul(a, b):\n    return a + b\n')
-        result = await client.workspace_execute_command_async(types.ExecuteCommandParams(
-            command="codefill.fill", arguments=[uri, {"start": {"line": 2, "character": 11},
-                                                       "end": {"line": 2, "character": 16}}]))
+        result = await fill_command(client, uri, (2, 11), (2, 16))
         assert result == {"applied": True, "text": "a * b"}
     finally:
         await stop_server(client)
@@ -86,9 +85,7 @@ async def test_broken_model_is_one_error_message_and_the_server_lives() -> None:
         open_doc(client, uri, '# codefill-fake: "1"\nx = \n')
         assert await inline(client, uri, 1, 4) is None
         assert len([m for m in client.messages if m.type == types.MessageType.Error]) == 1
-        result = await client.workspace_execute_command_async(types.ExecuteCommandParams(
-            command="codefill.fill", arguments=[uri, {"start": {"line": 1, "character": 0},
-                                                       "end": {"line": 1, "character": 3}}]))
+        result = await fill_command(client, uri, (1, 0), (1, 3))
         assert result["applied"] is False and "CheckpointError" in result["reason"]  # says why, not "no fill"
     finally:
         await stop_server(client)
@@ -112,9 +109,7 @@ async def test_bad_settings_get_one_message_and_the_defaults(tmp_path: Path) -> 
         await asyncio.sleep(0.3)
         assert len([m for m in client.messages if m.type == types.MessageType.Warning]) == 2
         assert await inline(client, uri, 1, 4) is None  # languages: only go now
-        result = await client.workspace_execute_command_async(types.ExecuteCommandParams(
-            command="codefill.fill", arguments=[uri, {"start": {"line": 1, "character": 0},
-                                                       "end": {"line": 1, "character": 1}}]))
+        result = await fill_command(client, uri, (1, 0), (1, 1))
         assert result == {"applied": False, "reason": "codefill does not fill python documents (codefill.languages)"}
 
         log_path = tmp_path / "no" / "such" / "dir" / "codefill.log"

@@ -22,6 +22,7 @@ from lsp_fixtures.harness import (
     FAKE_ENGINE,
     apply_text_edit,
     change_doc,
+    fill_command,
     inline,
     open_doc,
     pos,
@@ -205,9 +206,7 @@ async def test_fill_command_without_apply_edit_returns_the_edit() -> None:
     try:
         uri = "file:///noapply.py"
         open_doc(c, uri, '# codefill-fake: "a * b"\ndef mul(a, b):\n    return a + b\n')
-        result = await c.workspace_execute_command_async(types.ExecuteCommandParams(
-            command="codefill.fill", arguments=[uri, {"start": {"line": 2, "character": 11},
-                                                       "end": {"line": 2, "character": 16}}]))
+        result = await fill_command(c, uri, (2, 11), (2, 16))
         assert result["applied"] is False and result["text"] == "a * b" and c.applied_edits == []
         assert result["range"] == {"start": {"line": 2, "character": 11}, "end": {"line": 2, "character": 16}}
     finally:
@@ -216,9 +215,7 @@ async def test_fill_command_without_apply_edit_returns_the_edit() -> None:
 
 async def test_a_fill_command_that_finds_nothing_says_why(client) -> None:
     async def reason(uri: str, end_line: int = 0) -> str:
-        result = await client.workspace_execute_command_async(types.ExecuteCommandParams(
-            command="codefill.fill", arguments=[uri, {"start": {"line": 0, "character": 0},
-                                                       "end": {"line": end_line, "character": 1}}]))
+        result = await fill_command(client, uri, (0, 0), (end_line, 1))
         assert result["applied"] is False
         return result["reason"]
 

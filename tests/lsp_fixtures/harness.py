@@ -151,3 +151,10 @@ async def raw_request(client: LanguageClient, method: str, params: Any) -> Any:
     if inspect.isawaitable(written):
         await written
     return await asyncio.wait_for(asyncio.wrap_future(future), timeout=30)
+
+
+async def fill_command(client: LanguageClient, uri: str, start: tuple[int, int], end: tuple[int, int]) -> Any:
+    """workspace/executeCommand codefill.fill for a range, as an editor's "fill selection" sends it: the result."""
+    return await client.workspace_execute_command_async(types.ExecuteCommandParams(
+        command="codefill.fill", arguments=[uri, {"start": {"line": start[0], "character": start[1]},
+                                                   "end": {"line": end[0], "character": end[1]}}]))
