@@ -77,6 +77,10 @@ CASES = [
     ("c", "int f(int a) {\n    switch (a) {\n    case 1:\n        a++;\n        |\n    case 2:\n        return 0;\n"
      "    }\n    return a;\n}\n", "break;", "int f(int a) {\n    switch (a) {\n    case 1:\n        a++;\n"
      "        break;\n    case 2:\n        return 0;\n    }\n    return a;\n}\n"),
+    # A one-line block fill that assigns again exactly as a line just above does is dropped; other repeats stay.
+    ("python", "class A:\n    def __init__(self, config, n):\n        self.config = config\n        self.n = n\n        |\n"
+     "        self.x = 1\n", "self.config = config", None),
+    ("python", "def f(a):\n    i = 0\n    i += 1\n    |\n", "i += 1", "def f(a):\n    i = 0\n    i += 1\n    i += 1\n"),
     # A name with a piece written twice, where the document has the name without it, is the document's name.
     ("python", "def f(self, info):\n    self.fs.info(info)\n    x = |\n", "self.fs.infoinfo(info)",
      "def f(self, info):\n    self.fs.info(info)\n    x = self.fs.info(info)\n"),
