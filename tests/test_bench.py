@@ -129,15 +129,15 @@ def test_plot_without_matplotlib_is_refused_before_the_run(tmp_path: Path, monke
 def test_block_fills_counts_what_an_editor_would_get(tmp_path: Path) -> None:
     """benchmarks.block_fills blanks one body statement per file, fills it as the server does and reads the result
     with Python's parser; here with a scripted engine: one file gets the statement back, one a fill that repeats
-    the line above, one a no-op (not offered)."""
+    the line above (a call: a repeated assignment is not offered), one a no-op (not offered)."""
     from benchmarks.block_fills import run
     from lsp_fixtures.fake_engine import FakeEngine
 
-    body = "    a = 1\n    {}\n    return a\n"
-    for name, fill, statement in (("exact", "b = a + 1", "b = a + 1"), ("repeat", "a = 1", "c = 2"),
+    for name, fill, statement in (("exact", "b = a + 1", "b = a + 1"), ("repeat", "print(a)", "c = 2"),
                                   ("noop", "a = a", "d = 3")):
         filler = "x" * 2_000  # big enough to be picked
-        source = f'# codefill-fake: "{fill}"\n"""{filler}"""\n\n\ndef f():\n' + body.format(statement)
+        body = f"    {'print(a)' if name == 'repeat' else 'a = 1'}\n    {statement}\n    return a\n"
+        source = f'# codefill-fake: "{fill}"\n"""{filler}"""\n\n\ndef f():\n' + body
         (tmp_path / f"{name}.py").write_text(source)
     result = run(FakeEngine(), tmp_path, n=10, seed=0)
     assert result["holes"] == 3 and result["offered"] == 2 and result["breaks_parse"] == 0
