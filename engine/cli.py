@@ -277,15 +277,21 @@ def cmd_fill(args: argparse.Namespace) -> int:
         if end < start:
             raise UsageError(f"--to {args.to} is before {line}:{col}")
     language = args.language or (None if stdin else EXTENSION_LANGUAGES.get(path.suffix.lower()))
+    if not text.strip():  # before the model loads: nothing it could fill from
+        print("codefill: no fill: there is no code in the file to fill from", file=sys.stderr)
+        return 1
     engine = _fill_engine(args)
     spec = spec_for(language)
     note = language_note(args.model, spec.name, how_to_switch="--model DIR") if spec is not None else None
+    unchecked = "the hole is found by indentation and the fill is not syntax-checked"
     if args.language and spec is None:
-        note = (f"no grammar for --language {args.language!r} (known: {', '.join(sorted(LANGUAGE_IDS))}): the hole "
-                "is found by indentation and the fill is not syntax-checked")
+        note = f"no grammar for --language {args.language!r} (known: {', '.join(sorted(LANGUAGE_IDS))}): {unchecked}"
     elif stdin and not args.language:
         note = ("standard input has no file extension to tell its language: give --language ID for its grammar "
-                "(without one the hole is found by indentation and the fill is not syntax-checked)")
+                f"(without one {unchecked})")
+    elif spec is None:
+        note = (f"no grammar for {path.name!r} (known extensions: {', '.join(sorted(EXTENSION_LANGUAGES))}; or give "
+                f"--language ID): {unchecked}")
     if note:
         print(f"codefill: note: {note}", file=sys.stderr)
     try:
@@ -404,11 +410,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action=VersionAction)
     sub = p.add_subparsers(dest="command", required=True)
 
-    f = sub.add_parser("fill", help="print the fill for the hole at FILE:LINE:COL (1-based)")
+    f = sub.add_parser("fill", help="print the fill for the hole at FILE:LINE:COL (1-based)",
+                       description="Print the text that replaces the hole at FILE:LINE:COL (1-based). The hole may "
+                                   "take in text after the cursor (the auto-closed `)` of `f(|)`, which the fill "
+                                   "writes again): --json gives the range it replaces, --whole the filled text. "
+                                   "Exit status: 0 with a fill, 1 without one (or when the model cannot load), 2 "
+                                   "for a bad position, file or option.")
     f.add_argument("location", metavar="FILE:LINE:COL", help="FILE - reads the code from standard input")
     f.add_argument("--to", metavar="LINE:COL", help="fill the range from FILE:LINE:COL up to here instead")
     f.add_argument("--max-tokens", type=positive_int, default=None,
-                   help="token budget (default: from the hole's kind)")
+                   help="token budget, at most the hole kind's (a line 32, an empty body 96, a block 128; "
+                        "the default)")
     f.add_argument("--steps", type=non_negative_int, default=0,
                    help="denoising steps (default 0: from the span length)")
     f.add_argument("--model", default=None, help="model directory (default: the built-in model)")

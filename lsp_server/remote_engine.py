@@ -427,6 +427,9 @@ class RemoteEngine:
         path = Path(self.token_file).expanduser() if self.token_file else wire.default_token_path(address.port)
         try:
             return path.read_text().strip()
+        except FileNotFoundError:
+            raise EngineUnavailable(f"no token file {path}: is an engine running there? (`codefill serve --tcp "
+                                    f"{address.host}:{address.port}` writes one when it starts)") from None
         except OSError as exc:
             raise EngineUnavailable(f"cannot read the engine token {path}: {wire.os_reason(exc)}") from None
 

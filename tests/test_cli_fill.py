@@ -194,6 +194,14 @@ def test_an_empty_file_is_not_filled(tmp_path, scripted, capsys):
     assert err == "codefill: no fill: there is no code in the file to fill from\n"
 
 
+def test_a_file_with_no_grammar_gets_a_note(tmp_path, scripted, capsys):
+    """As with --language of no grammar: the fill comes with a note that it was not syntax-checked."""
+    (tmp_path / "prog.cobol").write_text("x = 1\ny = \n")
+    status, out, err, _ = scripted(capsys, "2", f"{tmp_path / 'prog.cobol'}:2:5")
+    assert status == 0 and out == "2\n"
+    assert "no grammar for 'prog.cobol'" in err and "not syntax-checked" in err
+
+
 def test_candidates_ask_again_and_json_lists_the_distinct_fills(tmp_path, scripted, capsys):
     (tmp_path / "a.py").write_text("x = \n")
     status, out, _, engine = scripted(capsys, "1", f"{tmp_path / 'a.py'}:1:5", "--json", "--candidates", "3")
