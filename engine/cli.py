@@ -23,6 +23,21 @@ EXTENSION_LANGUAGES = {
 
 DTYPE_HELP = "auto (int8 weights on the CPU, bfloat16 on a GPU), float32, bfloat16, float16 or int8"
 DEVICE_HELP = "auto (default: CUDA when present, else the CPU), cpu, cuda, cuda:N or mps"
+DTYPE_NAMES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16", "int8")  # engine.runner.pick_dtype's
+
+
+def device_name(value: str) -> str:
+    """An argparse type: a device codefill can run on, checked before anything loads."""
+    if value in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:\d+", value):
+        return value
+    raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda, cuda:N or mps, got {value!r}")
+
+
+def dtype_name(value: str) -> str:
+    """An argparse type: a dtype the engine knows, checked before anything loads."""
+    if value in DTYPE_NAMES:
+        return value
+    raise argparse.ArgumentTypeError(f"expected auto, float32, bfloat16, float16 or int8, got {value!r}")
 
 
 class UsageError(Exception):
@@ -424,8 +439,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--steps", type=non_negative_int, default=0,
                    help="denoising steps (default 0: from the span length)")
     f.add_argument("--model", default=None, help="model directory (default: the built-in model)")
-    f.add_argument("--device", default="auto", help=DEVICE_HELP)
-    f.add_argument("--dtype", default="auto", help=DTYPE_HELP)
+    f.add_argument("--device", type=device_name, default="auto", help=DEVICE_HELP)
+    f.add_argument("--dtype", type=dtype_name, default="auto", help=DTYPE_HELP)
     f.add_argument("--language", default=None, help="language id (default: from the file extension)")
     f.add_argument("--candidates", type=int_at_least(1, 10), default=1, metavar="N",
                    help="look for up to N different fills (other lengths, then samples), as an editor's manual "
@@ -465,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop at this total step count (0: when --minutes is spent)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--threads", type=non_negative_int, default=0, help="torch CPU threads (0: torch's default)")
-    t.add_argument("--device", default="auto", help=DEVICE_HELP)
+    t.add_argument("--device", type=device_name, default="auto", help=DEVICE_HELP)
     t.add_argument("--init-from", default=None, metavar="DIR",
                    help="start from this model directory's weights with a fresh optimizer (when --run has no state)")
     t.add_argument("--export", default=None, metavar="DIR",

@@ -106,8 +106,10 @@ def test_a_bad_device_is_one_line_before_the_model_loads(tmp_path, tiny_model_di
 
     monkeypatch.setattr(engine.checkpoint, "load_model", lambda *a, **k: pytest.fail("loaded a model"))
     (tmp_path / "a.py").write_text("x = 1\n")
-    assert cli.main(["fill", f"{tmp_path / 'a.py'}:1:1", "--model", str(tiny_model_dir), "--device", "bogus"]) == 1
-    assert capsys.readouterr().err == "codefill: unknown device 'bogus': use auto, cpu, cuda, cuda:N or mps\n"
+    with pytest.raises(SystemExit) as stop:  # a usage error (exit 2), before anything loads
+        cli.main(["fill", f"{tmp_path / 'a.py'}:1:1", "--model", str(tiny_model_dir), "--device", "bogus"])
+    assert stop.value.code == 2
+    assert "argument --device: expected auto, cpu, cuda, cuda:N or mps, got 'bogus'" in capsys.readouterr().err
 
 
 def test_train_data_must_be_a_directory(tmp_path, capsys):  # type: ignore[no-untyped-def]

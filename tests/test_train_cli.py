@@ -160,8 +160,9 @@ def test_bad_numbers_are_usage_errors(data: Path, tmp_path: Path, option: list[s
 
 def test_no_warmup_and_unknown_devices(data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(cli_args(tmp_path / "run", data, "--warmup-steps", "0", "--max-steps", "2")) == 0
-    assert main(cli_args(tmp_path / "run2", data, "--device", "foo")) == 1
-    assert "unknown device 'foo'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as stop:  # a usage error (exit 2), before anything loads
+        main(cli_args(tmp_path / "run2", data, "--device", "foo"))
+    assert stop.value.code == 2 and "expected auto, cpu, cuda, cuda:N or mps, got 'foo'" in capsys.readouterr().err
     assert not (tmp_path / "run2").exists()
 
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from engine.cli import (DEVICE_HELP, DTYPE_HELP, int_at_least, non_negative_int, open_output, output_file,
-                        positive_float, positive_int)
+from engine.cli import (DEVICE_HELP, DTYPE_HELP, device_name, dtype_name, int_at_least, non_negative_int, open_output,
+                        output_file, positive_float, positive_int)
 from engine.evaluation.datasets import (
     DEFAULT_TASK_SETS,
     HUMANEVAL_DIR,
@@ -205,8 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
         "pass@1 (greedy) and exact match on HumanEval-Infilling and SAFIM (Python). Budgets come from the kind "
         "of each task set, never from the reference."))
     p.add_argument("--model", default=None, help="model directory (default: the built-in model)")
-    p.add_argument("--device", default="auto", help=DEVICE_HELP)
-    p.add_argument("--dtype", default="auto", help=DTYPE_HELP)
+    p.add_argument("--device", type=device_name, default="auto", help=DEVICE_HELP)
+    p.add_argument("--dtype", type=dtype_name, default="auto", help=DTYPE_HELP)
     p.add_argument("--steps", type=non_negative_int, default=0,
                    help="denoising steps (default 0: the engine's, from the span)")
     p.add_argument("--threads", type=non_negative_int, default=0, help="torch CPU threads (default: torch's)")
