@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable
 
+from lsp_server.options import is_device
 from lsp_server.positions import line_starts
 
 EXTENSION_LANGUAGES = {
@@ -28,7 +29,7 @@ DTYPE_NAMES = ("auto", "float32", "fp32", "bfloat16", "bf16", "float16", "fp16",
 
 def device_name(value: str) -> str:
     """An argparse type: a device codefill can run on, checked before anything loads."""
-    if value in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:\d+", value):
+    if is_device(value):
         return value
     raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda, cuda:N or mps, got {value!r}")
 
@@ -292,10 +293,7 @@ def cmd_fill(args: argparse.Namespace) -> int:
         if end < start:
             raise UsageError(f"--to {args.to} is before {line}:{col}")
     language = args.language or (None if stdin else EXTENSION_LANGUAGES.get(path.suffix.lower()))
-    if not text.strip():  # before the model loads: nothing it could fill from
-        print("codefill: no fill: there is no code in the file to fill from", file=sys.stderr)
-        return 1
-    engine = _fill_engine(args)
+    engine = _fill_engine(args) if text.strip() else None  # no code: nothing to fill from, no model to load
     spec = spec_for(language)
     note = language_note(args.model, spec.name, how_to_switch="--model DIR") if spec is not None else None
     unchecked = "the hole is found by indentation and the fill is not syntax-checked"
@@ -313,7 +311,7 @@ def cmd_fill(args: argparse.Namespace) -> int:
         result = complete_at(engine, text, start, language, selection_end=end, max_tokens=args.max_tokens,
                              candidates=args.candidates)
     finally:
-        if args.engine != "inprocess":  # a shared engine: disconnect (it stays up for its other clients)
+        if args.engine != "inprocess" and engine is not None:  # a shared engine: disconnect (it stays up)
             engine.close()
     filled = text[: result.hole.start] + result.insert_text + text[result.hole.end :] if result else text
     if args.json:  # the JSON either way; the exit status says whether there is a fill, as without --json

@@ -6,10 +6,10 @@ import argparse
 import logging
 import sys
 
-from engine.cli import VersionAction
+from engine.cli import VersionAction, device_name
 from engine.wire import is_loopback
 from lsp_server.engine_client import EngineSpec, parse_engine_mode
-from lsp_server.options import DEVICES, Settings
+from lsp_server.options import Settings
 
 
 def _host_port(value: str) -> tuple[str, int]:
@@ -17,12 +17,6 @@ def _host_port(value: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
     return host or "127.0.0.1", int(port)
-
-
-def _device(value: str) -> str:
-    if value in DEVICES or value.startswith("cuda:"):
-        return value
-    raise argparse.ArgumentTypeError(f"expected one of {', '.join(DEVICES)} or cuda:N, got {value!r}")
 
 
 def _engine_mode(value: str) -> str:
@@ -44,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-file", metavar="PATH", help="also write logs to this file")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("--model", metavar="PATH", help="model directory (default: the built-in model)")
-    p.add_argument("--device", type=_device, default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--device", type=device_name, default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--steps", type=int, default=0, help="denoising steps per fill (0: the engine's default)")
     p.add_argument("--debounce-ms", type=int, default=None, help="wait this long after typing before a fill")
     p.add_argument("--engine", type=_engine_mode, default="inprocess", metavar="auto|inprocess|ADDRESS",

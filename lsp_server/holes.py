@@ -61,7 +61,7 @@ class Hole:
         return self.lead + fill + self.trail + self.keep
 
 
-def _leading_ws(line: str) -> str:
+def leading_ws(line: str) -> str:
     return line[: len(line) - len(line.lstrip(" \t"))]
 
 
@@ -198,8 +198,8 @@ def _statement_indent(text: str, line_start: int, line: str, spec: LanguageSpec 
         _, unmatched, depth = _code_of(text[start:end], spec)
         need += unmatched - depth
         if need <= 0:
-            return _leading_ws(text[start:end])
-    return _leading_ws(line)
+            return leading_ws(text[start:end])
+    return leading_ws(line)
 
 
 @dataclass(frozen=True)
@@ -257,11 +257,11 @@ def line_break(text: str) -> str:
 
 def neighbour_line(text: str, pos: int, step: int) -> str | None:
     """The nearest non-blank line above (step=-1, pos at a line start) or below (step=1, pos at a line end)."""
-    found = _neighbour(text, pos, step)
+    found = neighbour_bounds(text, pos, step)
     return text[found[0] : found[1]] if found is not None else None
 
 
-def _neighbour(text: str, pos: int, step: int) -> tuple[int, int] | None:
+def neighbour_bounds(text: str, pos: int, step: int) -> tuple[int, int] | None:
     """Start and end of the line neighbour_line finds."""
     while True:
         if step < 0:
@@ -340,7 +340,7 @@ def find_hole(
 
     line_start, line_end = line_bounds(text, offset)
     line = text[line_start:line_end]
-    current_indent = _leading_ws(line)
+    current_indent = leading_ws(line)
     unit, tab_columns = indent_style(text, spec.indent_unit if spec else "    ")
 
     def inside(ws: str) -> str:
@@ -372,7 +372,7 @@ def find_hole(
 
     if not left.strip() and not right.strip():
         # A blank line: a block of statements may go here.
-        above = _neighbour(text, line_start, -1)
+        above = neighbour_bounds(text, line_start, -1)
         prev = text[above[0] : above[1]] if above is not None else None
         nxt = neighbour_line(text, line_end, 1)
         prev_indent = _statement_indent(text, above[0], prev, spec) if above is not None and prev is not None else ""
@@ -381,9 +381,9 @@ def find_hole(
             indent = left + right  # the editor has indented the line: trust it (the cursor may be inside that)
         else:
             indent = inside(prev_indent) if opens else prev_indent
-            if nxt is not None and not opens and indent_columns(_leading_ws(nxt)) > indent_columns(indent):
-                indent = _leading_ws(nxt)
-        empty_body = opens and (nxt is None or indent_columns(_leading_ws(nxt)) <= indent_columns(prev_indent))
+            if nxt is not None and not opens and indent_columns(leading_ws(nxt)) > indent_columns(indent):
+                indent = leading_ws(nxt)
+        empty_body = opens and (nxt is None or indent_columns(leading_ws(nxt)) <= indent_columns(prev_indent))
         lead = indent[len(left):] if indent.startswith(left) else ""
         kind: HoleKind = "body" if empty_body else "block"
         return make(kind, offset, line_end, BODY_TOKENS if empty_body else BLOCK_TOKENS, False,
@@ -397,9 +397,9 @@ def find_hole(
             nxt = neighbour_line(text, line_end, 1)
             base = _statement_indent(text, line_start, line, spec)
             inner = inside(base)
-            empty_body = nxt is None or indent_columns(_leading_ws(nxt)) <= indent_columns(base)
+            empty_body = nxt is None or indent_columns(leading_ws(nxt)) <= indent_columns(base)
             if nxt is not None and not empty_body:
-                inner = _leading_ws(nxt)
+                inner = leading_ws(nxt)
             return make("body" if empty_body else "block", offset, line_end,
                         BODY_TOKENS if empty_body else BLOCK_TOKENS, False,
                         lead="\n" + inner, indent=inner)
@@ -422,7 +422,7 @@ def find_hole(
         ws = left + right[: len(right) - len(right.lstrip())]
         kind, budget, inner = "block", BLOCK_TOKENS, ws
         if right.lstrip().startswith(("}", ")", "]")):
-            above = _neighbour(text, line_start, -1)
+            above = neighbour_bounds(text, line_start, -1)
             prev = text[above[0] : above[1]] if above is not None else ""
             base = _statement_indent(text, above[0], prev, spec) if above is not None else ""
             if above is not None and _opens_block(prev, spec):

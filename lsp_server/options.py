@@ -73,8 +73,13 @@ def _bool(value: Any) -> Any:
     return value
 
 
+def is_device(value: Any) -> bool:
+    """Whether value names a device codefill can run on (auto, cpu, cuda, cuda:N or mps)."""
+    return isinstance(value, str) and (value in DEVICES or re.fullmatch(r"cuda:[0-9]+", value) is not None)
+
+
 def _device(value: Any) -> Any:
-    if not isinstance(value, str) or not (value in DEVICES or re.fullmatch(r"cuda:[0-9]+", value)):
+    if not is_device(value):
         raise ValueError("one of " + ", ".join(DEVICES) + " or cuda:N")
     return value
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
 from lsp_server import languages
-from lsp_server.holes import Hole, encode_indent, indent_columns, line_bounds, neighbour_line
+from lsp_server.holes import (Hole, encode_indent, indent_columns, leading_ws, line_bounds, neighbour_bounds,
+                              neighbour_line)
 from lsp_server.languages import LanguageSpec
 from lsp_server.python_check import breaks_python
 
@@ -252,22 +252,11 @@ def _does_nothing(hole: Hole, fill: str, document: str) -> bool:
     return bool(_NO_OP_LINE.fullmatch(line))
 
 
-_LINES = re.compile(r"\r\n|\r|\n")  # LSP's line breaks
 _EXITS = re.compile(r"\s*(?:return|raise|throw|break|continue)\b")
 # What may follow a return in the same block at its indentation: the rest of an if/try/switch, a closer, a label
 # (C's `fail:`), a JavaScript function declaration (hoisted: reachable).
 _AFTER_EXIT = re.compile(r"\s*(?:(?:else|elif|except|finally|case|default|catch|function|async\s+function)\b|[)\]}]"
                          r"|\w+:\s*$)")
-
-
-def _lines_from(text: str, start: int) -> Iterator[str]:
-    """The rest of the line at start, then the lines after it, read as they are asked for."""
-    while True:
-        found = _LINES.search(text, start)
-        yield text[start : found.start() if found else len(text)]
-        if found is None:
-            return
-        start = found.end()
 
 
 def _cuts_off_code(hole: Hole, fill: str, document: str) -> str | None:
@@ -277,16 +266,14 @@ def _cuts_off_code(hole: Hole, fill: str, document: str) -> str | None:
     if hole.kind != "block" or not _EXITS.match(lines[-1]):
         return fill
     last = lines[-1] if len(lines) > 1 else document[line_bounds(document, hole.start)[0] : hole.start]
-    width = indent_columns(last[: len(last) - len(last.lstrip(" \t"))])
-    for n, line in enumerate(_lines_from(document, hole.end)):
-        code = line.strip()
-        if n == 0:
-            if code:
-                return fill  # code right after the hole (a cursor in a line's indentation): not judged here
+    pos = line_bounds(document, hole.end)[1]
+    if document[hole.end : pos].strip():
+        return fill  # code right after the hole (a cursor in a line's indentation): not judged here
+    while (below := neighbour_bounds(document, pos, 1)) is not None:
+        line, pos = document[below[0] : below[1]], below[1]
+        if line.strip().startswith(("#", "//", "/*", "*")):
             continue
-        if not code or code.startswith(("#", "//", "/*", "*")):
-            continue
-        if indent_columns(line[: len(line) - len(line.lstrip(" \t"))]) != width or _AFTER_EXIT.match(line):
+        if indent_columns(leading_ws(line)) != indent_columns(leading_ws(last)) or _AFTER_EXIT.match(line):
             return fill
         kept = "\n".join(lines[:-1]).rstrip()
         return kept if kept.strip() else None
@@ -294,6 +281,7 @@ def _cuts_off_code(hole: Hole, fill: str, document: str) -> str | None:
 
 
 _IDENTIFIER = re.compile(r"[A-Za-z_$][\w$]*")
+_DOUBLED = re.compile(r"([A-Za-z_]{2,})\1")
 
 
 def _unstuttered(word: str, document: str) -> str | None:
@@ -320,9 +308,6 @@ def _unstutter(fill: str, document: str) -> str:
     return _IDENTIFIER.sub(lambda m: fix(m) if _DOUBLED.search(m.group(0)) else m.group(0), fill)
 
 
-_DOUBLED = re.compile(r"([A-Za-z_]{2,})\1")
-
-
 _ASSIGNMENT = re.compile(r"[\w.$]+(?:\[[^\]]*\])?\s*=(?!=)")
 REPEAT_LINES = 8  # lines above a block hole that a repeated assignment is looked for in
 
@@ -333,14 +318,15 @@ def _repeats_an_assignment(hole: Hole, fill: str, document: str) -> bool:
     line = fill.strip()
     if hole.kind != "block" or "\n" in line or not _ASSIGNMENT.match(line):
         return False
-    above: list[str] = []
-    end = line_bounds(document, hole.start)[0]
-    while end > 0 and len(above) < REPEAT_LINES:
-        start = line_bounds(document, end - 1)[0]
-        if document[start : end].strip():
-            above.append(document[start : end].strip())
-        end = start
-    return line in above
+    pos = line_bounds(document, hole.start)[0]
+    for _ in range(REPEAT_LINES):
+        found = neighbour_bounds(document, pos, -1)
+        if found is None:
+            return False
+        if document[found[0] : found[1]].strip() == line:
+            return True
+        pos = found[0]
+    return False
 
 
 def postprocess(

@@ -13,6 +13,8 @@ import functools
 import re
 import warnings
 
+from lsp_server.holes import leading_ws
+
 MAX_CHECK_CHARS = 50_000  # a longer statement (a data table in code) is left to tree-sitter: ~35 ms to parse
 
 # A line that goes on with the statement above it at the same indentation, rather than starting one.
@@ -21,7 +23,7 @@ _DEFINES = re.compile(r"(async\s+)?def\b|class\b")
 
 
 def _indent(line: str) -> int:
-    return len(line) - len(line.lstrip(" \t"))
+    return len(leading_ws(line))
 
 
 def _is_code(line: str) -> bool:
@@ -60,7 +62,6 @@ def _block_end(lines: list[str], i: int, level: int) -> int:
     return len(lines)
 
 
-@functools.lru_cache(maxsize=16)  # the statement before the fill, once for all of a request's candidates
 def _compiled(source: str) -> frozenset[str] | None:
     """The compiler's warnings for source (`'list' object is not callable`, ...), or None when it is rejected.
     Compiled, never run: compile() also rejects what the parser lets pass (`break` outside a loop)."""
@@ -73,11 +74,33 @@ def _compiled(source: str) -> frozenset[str] | None:
     return frozenset(str(w.message) for w in caught)
 
 
+def _starts_top_level(text: str, at: int) -> bool:
+    """Whether the line starting at `at` starts a top-level statement (code at column 0, not `else:`, `)`...)."""
+    end = text.find("\n", at)
+    line = text[at : len(text) if end < 0 else end]
+    return _is_code(line) and _indent(line) == 0 and not _CONTINUES.match(line)
+
+
+def _top_level(text: str, start: int, end: int) -> tuple[int, int]:
+    """Character offsets of the top-level statements holding [start, end), their decorators included: the only
+    lines statement_around reads (a 1 MB file was split whole for each candidate fill)."""
+    top = text.rfind("\n", 0, start) + 1
+    while top > 0 and not _starts_top_level(text, top):
+        top = text.rfind("\n", 0, top - 1) + 1
+    while top > 0 and text.startswith("@", text.rfind("\n", 0, top - 1) + 1):
+        top = text.rfind("\n", 0, top - 1) + 1
+    bottom = text.find("\n", end)
+    while bottom >= 0 and not _starts_top_level(text, bottom + 1):
+        bottom = text.find("\n", bottom + 1)
+    return top, len(text) if bottom < 0 else bottom
+
+
 def statement_around(text: str, start: int, end: int) -> str | None:
     """The innermost def or class (else the top-level statements) of text holding the characters [start, end),
     dedented; None where it cannot be cut out (a line indented less than its block: text of a string)."""
-    lines = text.split("\n")
-    first = text.count("\n", 0, start)
+    top, bottom = _top_level(text, start, max(start, end))
+    lines = text[top:bottom].split("\n")
+    first = text.count("\n", top, start)
     last = first + text.count("\n", start, max(start, end))
     a, level = _block_start(lines, first)
     b = _block_end(lines, last, level)
@@ -109,21 +132,29 @@ def _with_body(text: str, at: int) -> str:
     return text[:b] + "\n" + line[: _indent(line)] + "    pass" + text[b:]
 
 
-def breaks_python(before: str, hole_start: int, hole_end: int, after: str, insert_len: int) -> bool:
-    """Whether the fill that made after from before ([hole_start, hole_end) replaced by insert_len characters)
-    leaves the function around it rejected by Python's compiler, or warned about, where it was not: the function
-    as it was, or, where only the statement being typed kept it from compiling (`x = `, `f(`), the function
-    without that statement. Where the code there did not compile either way, the fill is not held against it."""
+@functools.lru_cache(maxsize=4)  # the code before the fill: once for all of a request's candidates and repairs
+def _accepted(before: str, hole_start: int, hole_end: int) -> frozenset[str] | None:
+    """The compiler's warnings for the function around the hole, or without the statement being typed there; None
+    when it does not compile either way (or is too long to check)."""
     statement = statement_around(before, hole_start, hole_end)
     if statement is None or len(statement) > MAX_CHECK_CHARS:
-        return False
+        return None
     accepted = _compiled(statement)
     if accepted is None:
         passed, at = _passed(before, hole_start, hole_end)
         statement = statement_around(passed, at, at)
         accepted = None if statement is None else _compiled(statement)
-        if accepted is None:
-            return False
+    return accepted
+
+
+def breaks_python(before: str, hole_start: int, hole_end: int, after: str, insert_len: int) -> bool:
+    """Whether the fill that made after from before ([hole_start, hole_end) replaced by insert_len characters)
+    leaves the function around it rejected by Python's compiler, or warned about, where it was not: the function
+    as it was, or, where only the statement being typed kept it from compiling (`x = `, `f(`), the function
+    without that statement. Where the code there did not compile either way, the fill is not held against it."""
+    accepted = _accepted(before, hole_start, hole_end)
+    if accepted is None:
+        return False
     end = hole_start + insert_len
     filled = statement_around(after, hole_start, end)
     if filled is None:

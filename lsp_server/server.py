@@ -169,6 +169,16 @@ class LspLogHandler(logging.Handler):
             pass
 
 
+def _regular_file(uri: str) -> str | None:
+    """The path of the regular file a uri names, else None. Regular files only: opening a FIFO (or
+    file:///dev/stdin, the client's own pipe) blocked the event loop for good, and every later request with it."""
+    try:
+        path = to_fs_path(uri)
+        return path if path and stat.S_ISREG(os.stat(path).st_mode) else None
+    except (OSError, ValueError):
+        return None
+
+
 class CodefillServer(LanguageServer):
     """The codefill language server: its settings, its engine and its per-document fill state."""
 
@@ -427,14 +437,11 @@ class CodefillServer(LanguageServer):
         opened = self.opened(uri)
         if opened is not None:
             return Document(uri, opened.source, opened.language_id, opened.version, generation(opened))
+        path = _regular_file(uri)
+        if path is None:
+            return None
         try:
-            path = to_fs_path(uri)
-            if not path:
-                return None
-            # Regular files only: opening a FIFO (or file:///dev/stdin, the client's own pipe) blocked the event
-            # loop for good, and every later request with it. O_NONBLOCK: one swapped in after the check.
-            if not stat.S_ISREG(os.stat(path).st_mode):
-                return None
+            # O_NONBLOCK: a FIFO swapped in after the check would block the event loop.
             with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
                 data = f.read(MAX_DISK_BYTES + 1)
         except (OSError, ValueError):
@@ -446,13 +453,7 @@ class CodefillServer(LanguageServer):
     def known(self, uri: str) -> bool:
         """Whether a fill could read the document: open in the client, or a regular file on disk (without reading
         it: editors ask for code actions on every cursor move)."""
-        if self.opened(uri) is not None:
-            return True
-        try:
-            path = to_fs_path(uri)
-            return bool(path) and stat.S_ISREG(os.stat(path).st_mode)
-        except (OSError, ValueError):
-            return False
+        return self.opened(uri) is not None or _regular_file(uri) is not None
 
     def why_no_fill(self, uri: str, end: types.Position) -> str:
         """Why suggest() found nothing, in words for the user of a fill command."""
